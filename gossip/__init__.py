@@ -1,0 +1,1 @@
+"""SWIM gossip membership (issue 3). Empty until then."""

@@ -1,0 +1,1 @@
+"""The node process: wire codec, dispatch, permissions, storage, index, server, client, CLI."""
