@@ -1,0 +1,99 @@
+"""Node-level actions: health, stats, storing grants and revocations, and operator upkeep.
+
+Grants are verified here (owner signature) before they are stored and enforced by AccessPolicy.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from crypto.envelope import Request
+from crypto.errors import InvalidArgument
+from crypto.grants import parse_grant, parse_revocation
+from node import validate as v
+from node.database import Applied
+from node.service import Service, action
+from node.session import Session
+
+TOKEN_CHARS_MAX = 4096
+
+
+@action("health", "self", needs_ns=False)
+async def health(svc: Service, req: Request, session: Session) -> Any:
+    return {"status": "ok", "node": svc.identity.agent_id, "time_ms": svc.wall_ms()}
+
+
+@action("stats", "self", needs_ns=False)
+async def stats(svc: Service, req: Request, session: Session) -> Any:
+    def counts(conn: Any) -> dict[str, int]:
+        q = {
+            "memories": "SELECT COUNT(*) FROM memories WHERE deleted=0",
+            "tombstones": "SELECT COUNT(*) FROM memories WHERE deleted=1",
+            "links": "SELECT COUNT(*) FROM links",
+            "signals": "SELECT COUNT(*) FROM signals WHERE deleted=0",
+            "states": "SELECT COUNT(*) FROM states",
+            "namespaces": "SELECT COUNT(*) FROM namespaces",
+            "changes": "SELECT COUNT(*) FROM changes",
+        }
+        return {k: int(conn.execute(sql).fetchone()[0]) for k, sql in q.items()}
+
+    uptime_s = time.monotonic() - svc.started_s
+    total = sum(svc.requests.values())
+    return {
+        "node": svc.identity.agent_id,
+        "uptime_s": round(uptime_s, 3),
+        "counts": await svc.db.read(counts),
+        "index": svc.spaces.statistics(),
+        "requests": dict(svc.requests),
+        "errors": dict(svc.errors),
+        "requests_per_s": round(total / uptime_s, 3) if uptime_s > 0 else 0.0,
+        "storage": {"batches": svc.db.batches, "writes": svc.db.writes},
+        "watches": len(svc.hub),
+        "verifier": svc.verifier.statistics(),
+        "embedder": svc.embedder.embedder_id,
+        "dim": svc.config.dim,
+    }
+
+
+@action("grant.put", "self", needs_ns=False)
+async def grant_put(svc: Service, req: Request, session: Session) -> Any:
+    """Store a grant so the grantee need not present it. Anyone may deliver a grant, but it only
+    takes effect if its namespace's owner (or an operator) signed it."""
+    grant = parse_grant(v.string(req.data, "grant", chars_max=TOKEN_CHARS_MAX))
+    if grant.exp_ms <= svc.wall_ms():
+        raise InvalidArgument("grant has already expired", gid=grant.gid)
+    svc.policy.add_grant(grant)  # raises BadSignature unless the owner signed it
+
+    def put(conn: Any) -> Applied[dict[str, Any]]:
+        conn.execute(
+            "INSERT INTO grants(gid, ns, grantee, exp_ms, token) VALUES(?,?,?,?,?) ON CONFLICT(gid) DO NOTHING",
+            (grant.gid, grant.ns, grant.grantee, grant.exp_ms, grant.token))
+        return Applied({"gid": grant.gid, "ns": grant.ns, "grantee": grant.grantee, "exp_ms": grant.exp_ms})
+
+    return await svc.db.write(put)
+
+
+@action("grant.revoke", "self", needs_ns=False)
+async def grant_revoke(svc: Service, req: Request, session: Session) -> Any:
+    rev = parse_revocation(v.string(req.data, "revocation", chars_max=TOKEN_CHARS_MAX))
+    svc.policy.revoke(rev)  # raises BadSignature unless the namespace owner signed it
+
+    def put(conn: Any) -> Applied[dict[str, Any]]:
+        conn.execute("INSERT INTO revocations(gid, ns, token) VALUES(?,?,?) ON CONFLICT(gid) DO NOTHING",
+                     (rev.gid, rev.ns, rev.token))
+        conn.execute("DELETE FROM grants WHERE gid=?", (rev.gid,))
+        return Applied({"gid": rev.gid, "revoked": True})
+
+    return await svc.db.write(put)
+
+
+@action("admin.sweep", "admin", needs_ns=False)
+async def admin_sweep(svc: Service, req: Request, session: Session) -> Any:
+    return await svc.sweep()
+
+
+@action("admin.seal", "admin", needs_ns=False)
+async def admin_seal(svc: Service, req: Request, session: Session) -> Any:
+    await svc.spaces.seal_if_needed(force=True)
+    return svc.spaces.statistics()

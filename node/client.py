@@ -1,0 +1,455 @@
+"""Client API for agents: `MemoryClient` (trio) and `BlockingMemoryClient` (any thread, any framework).
+
+Signs every request with the agent's identity, multiplexes many requests on one websocket,
+routes watch pushes, reconnects on demand and resumes watches from their last sequence number.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, connect_websocket_url
+
+from crypto.envelope import sign_request
+from crypto.errors import MnemonetError, Unavailable, error_from_wire
+from crypto.identity import Identity
+from node.codec import decode_frame, encode_frame
+
+FRAME_BYTES_MAX = 64 * 1024 * 1024  # replies can be larger than requests (search pages)
+
+
+@dataclass(frozen=True, slots=True)
+class Memory:
+    id: str
+    ns: str
+    owner: str
+    memory_type: str
+    content: str
+    metadata: dict[str, Any]
+    created: int
+    score: float | None = None
+    context: list[dict[str, Any]] = field(default_factory=list)
+    expires_ms: int | None = None
+    vector: list[float] | None = None
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Memory:
+        return cls(d["id"], d["ns"], d["owner"], d["memory_type"], d["content"], d.get("metadata") or {},
+                   d["created"], d.get("score"), d.get("context") or [], d.get("expires_ms"), d.get("vector"))
+
+
+@dataclass(frozen=True, slots=True)
+class StoreResult:
+    id: str
+    created: bool
+    duplicate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    items: list[Memory]
+    truncated: bool
+    next_cursor: str | None = None
+    exhaustive: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Signal:
+    key: str
+    value: Any
+    version: int
+    writer: str
+    expires_ms: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One pushed change: a signal set/delete/expire or a state publish."""
+
+    seq: int
+    event: dict[str, Any]
+
+
+class Watch:
+    """An open watch: iterate it for changes. Survives reconnects by resuming from `last_seq`."""
+
+    def __init__(self, client: MemoryClient, action: str, ns: str | None, data: dict[str, Any],
+                 buffer_max: int) -> None:
+        self.client = client
+        self.action, self.ns, self.data = action, ns, data
+        self.sub_id: int | None = None
+        self.last_seq = 0
+        self._send, self._recv = trio.open_memory_channel[Change | MnemonetError](buffer_max)
+
+    def _deliver(self, push: dict[str, Any]) -> None:
+        if "error" in push:
+            # The node dropped us (we read too slowly): resume from the last seq we processed.
+            self.sub_id = None
+            self.client._nursery_start(self._resume)
+            return
+        seq = int(push.get("seq", 0))
+        if seq <= self.last_seq:
+            return
+        try:
+            self._send.send_nowait(Change(seq, push.get("event") or {}))
+            self.last_seq = seq
+        except trio.WouldBlock:
+            self.sub_id = None
+            self.client._watches.pop(id(self), None)
+            self.client._nursery_start(self._resume)
+
+    async def _open(self) -> None:
+        data = dict(self.data)
+        if self.last_seq:
+            data["since"] = self.last_seq
+        res = await self.client.request(self.action, self.ns, data, _watch=self)
+        if not self.last_seq:
+            self.last_seq = int(res["seq"])
+
+    async def _resume(self) -> None:
+        try:
+            await self._open()
+        except MnemonetError as e:
+            await self._send.send(e)
+
+    def __aiter__(self) -> AsyncIterator[Change]:
+        return self
+
+    async def __anext__(self) -> Change:
+        item = await self._recv.receive()
+        if isinstance(item, MnemonetError):
+            raise item
+        return item
+
+    async def cancel(self) -> None:
+        self.client._watches.pop(id(self), None)
+        if self.sub_id is not None and self.client._ws is not None:
+            sub, self.sub_id = self.sub_id, None
+            try:
+                await self.client.request("watch.cancel", None, {"sub": sub})
+            except MnemonetError:
+                pass
+        self._send.close()
+
+
+class MemoryClient:
+    """Async client for one node. Use `async with MemoryClient(url, identity) as c:`.
+
+    Requests are signed with `identity`; `grants` are presented with every request. Connection
+    loss fails the requests in flight with `unavailable` (a store with an explicit id is safe to
+    retry: it is idempotent) and the next request reconnects; open watches resume automatically.
+    """
+
+    def __init__(self, url: str, identity: Identity, *, binary: bool = True, timeout_s: float = 30.0,
+                 grants: Iterable[str] = (), connect_timeout_s: float = 10.0, watch_buffer_max: int = 1024) -> None:
+        self.url = url
+        self.identity = identity
+        self.binary = binary
+        self.timeout_s = timeout_s
+        self.connect_timeout_s = connect_timeout_s
+        self.grants = list(grants)
+        self.watch_buffer_max = watch_buffer_max
+        self._ws: WebSocketConnection | None = None
+        self._rids = itertools.count(1)
+        self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self._watches: dict[int, Watch] = {}
+        self._by_sub: dict[int, Watch] = {}
+        self._nursery: trio.Nursery | None = None
+        self._conn_scope: trio.CancelScope | None = None
+        self._connect_lock = trio.Lock()
+        self.reconnects = 0
+
+    @property
+    def agent_id(self) -> str:
+        return self.identity.agent_id
+
+    async def __aenter__(self) -> MemoryClient:
+        self._nursery_cm = trio.open_nursery()
+        self._nursery = await self._nursery_cm.__aenter__()
+        try:
+            await self._ensure_connected()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._nursery is None:
+            return
+        self._nursery.cancel_scope.cancel()
+        if self._ws is not None:
+            with trio.move_on_after(1) as cs:
+                cs.shield = True
+                await self._ws.aclose()
+        self._fail_pending(Unavailable("client closed"))
+        self._nursery = None
+        await self._nursery_cm.__aexit__(None, None, None)
+
+    def _nursery_start(self, fn: Callable[[], Any]) -> None:
+        if self._nursery is not None:
+            self._nursery.start_soon(fn)
+
+    # ---- connection ----
+    async def _ensure_connected(self) -> WebSocketConnection:
+        async with self._connect_lock:
+            if self._ws is not None and not self._ws.closed:
+                return self._ws
+            assert self._nursery is not None, "use the client inside `async with`"
+            try:
+                with trio.fail_after(self.connect_timeout_s):
+                    ws = await connect_websocket_url(self._nursery, self.url, max_message_size=FRAME_BYTES_MAX)
+            except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
+                raise Unavailable(f"cannot connect to {self.url}: {type(e).__name__}: {e}") from None
+            if self._ws is not None:
+                self.reconnects += 1
+            self._ws = ws
+            self._nursery.start_soon(self._reader, ws)
+            if self._watches:
+                for w in list(self._watches.values()):
+                    w.sub_id = None
+                    self._nursery.start_soon(w._resume)
+            return ws
+
+    async def _reader(self, ws: WebSocketConnection) -> None:
+        try:
+            while True:
+                message = await ws.get_message()
+                try:
+                    obj, _ = decode_frame(message, frame_bytes_max=FRAME_BYTES_MAX)
+                except MnemonetError:
+                    continue
+                if not isinstance(obj, dict):
+                    continue
+                if "push" in obj:
+                    w = self._by_sub.get(int(obj.get("sub") or 0))
+                    if w is not None:
+                        w._deliver(obj)
+                    continue
+                ch = self._pending.pop(obj.get("rid"), None)  # type: ignore[arg-type]
+                if ch is not None:
+                    ch.send_nowait(obj)
+        except ConnectionClosed:
+            pass
+        finally:
+            if self._ws is ws:
+                self._ws = None
+            self._by_sub.clear()
+            self._fail_pending(Unavailable("connection to the node was lost"))
+
+    def _fail_pending(self, err: MnemonetError) -> None:
+        pending, self._pending = self._pending, {}
+        for ch in pending.values():
+            ch.send_nowait({"ok": False, "error": err.to_wire()})
+
+    # ---- requests ----
+    async def request(self, action: str, ns: str | None = None, data: dict[str, Any] | None = None, *,
+                      grants: Iterable[str] | None = None, timeout_s: float | None = None,
+                      _watch: Watch | None = None) -> Any:
+        """Send one signed request and return its `result`; raise the node's error as a typed exception."""
+        ws = await self._ensure_connected()
+        rid = next(self._rids)
+        frame = sign_request(
+            self.identity, action=action, ns=ns, data=data or {}, rid=rid, ts_ms=time.time_ns() // 1_000_000,
+            grants=self.grants if grants is None else list(grants), binary=self.binary)
+        send, recv = trio.open_memory_channel[dict[str, Any]](1)
+        self._pending[rid] = send
+        try:
+            with trio.fail_after(self.timeout_s if timeout_s is None else timeout_s):
+                try:
+                    await ws.send_message(encode_frame(frame, binary=self.binary))
+                except ConnectionClosed:
+                    raise Unavailable("connection to the node was lost") from None
+                reply = await recv.receive()
+        except trio.TooSlowError:
+            raise Unavailable(f"no reply to {action} within the timeout", action=action) from None
+        finally:
+            self._pending.pop(rid, None)
+        if not reply.get("ok"):
+            raise error_from_wire(reply.get("error") or {})
+        result = reply.get("result")
+        if _watch is not None and isinstance(result, dict):
+            _watch.sub_id = int(result["sub"])
+            self._by_sub[_watch.sub_id] = _watch
+            self._watches[id(_watch)] = _watch
+        return result
+
+    # ---- memories ----
+    async def store(self, ns: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None,
+                    id: str | None = None, vector: list[float] | None = None, embedder: str | None = None,
+                    ttl_s: float | None = None) -> StoreResult:
+        data: dict[str, Any] = {"content": content, "memory_type": memory_type, "metadata": metadata or {}}
+        for k, val in (("id", id), ("vector", vector), ("embedder", embedder), ("ttl_s", ttl_s)):
+            if val is not None:
+                data[k] = val
+        r = await self.request("memory.store", ns, data)
+        return StoreResult(r["id"], bool(r["created"]), bool(r.get("duplicate", False)))
+
+    async def get(self, ns: str, id: str, *, include_vector: bool = False) -> Memory:
+        return Memory.from_wire(await self.request("memory.get", ns, {"id": id, "include_vector": include_vector}))
+
+    async def delete(self, ns: str, id: str) -> None:
+        await self.request("memory.delete", ns, {"id": id})
+
+    async def list(self, ns: str, *, limit: int = 100, cursor: str | None = None,
+                   memory_type: str | None = None) -> Page:
+        data: dict[str, Any] = {"limit": limit}
+        if cursor:
+            data["cursor"] = cursor
+        if memory_type:
+            data["memory_type"] = memory_type
+        r = await self.request("memory.list", ns, data)
+        return Page([Memory.from_wire(m) for m in r["items"]], r["truncated"], r.get("next_cursor"))
+
+    async def search(self, query: str | None = None, *, vector: list[float] | None = None,
+                     namespaces: list[str] | None = None, ns: str | None = None, limit: int = 10,
+                     **filters: Any) -> Page:
+        """Semantic search. `filters`: memory_type, metadata, created_after_ms, created_before_ms,
+        expand, embedder, cursor (see docs/protocol.md)."""
+        data: dict[str, Any] = {"limit": limit, **filters}
+        if query is not None:
+            data["query"] = query
+        if vector is not None:
+            data["vector"] = vector
+        if namespaces is not None:
+            data["namespaces"] = namespaces
+        r = await self.request("memory.search", ns, data)
+        return Page([Memory.from_wire(m) for m in r["hits"]], r["truncated"], r.get("next_cursor"), r["exhaustive"])
+
+    async def link(self, ns: str, from_id: str, to_id: str, *, relation: str = "related", weight: float = 1.0,
+                   to_ns: str | None = None) -> None:
+        data: dict[str, Any] = {"from": from_id, "to": to_id, "relation": relation, "weight": weight}
+        if to_ns:
+            data["to_ns"] = to_ns
+        await self.request("memory.link", ns, data)
+
+    async def related(self, ns: str, id: str, *, depth: int = 1, relation: str | None = None,
+                      direction: str = "both", limit: int = 50) -> list[dict[str, Any]]:
+        data: dict[str, Any] = {"id": id, "depth": depth, "direction": direction, "limit": limit}
+        if relation:
+            data["relation"] = relation
+        return list((await self.request("memory.related", ns, data))["items"])
+
+    # ---- signals and state ----
+    async def signal_set(self, ns: str, key: str, value: Any, *, ttl_s: float | None = None,
+                         if_version: int | None = None) -> int:
+        data: dict[str, Any] = {"key": key, "value": value}
+        if ttl_s is not None:
+            data["ttl_s"] = ttl_s
+        if if_version is not None:
+            data["if_version"] = if_version
+        return int((await self.request("signal.set", ns, data))["version"])
+
+    async def signal_get(self, ns: str, key: str) -> Signal:
+        r = await self.request("signal.get", ns, {"key": key})
+        return Signal(r["key"], r["value"], r["version"], r["writer"], r.get("expires_ms"))
+
+    async def signal_delete(self, ns: str, key: str, *, if_version: int | None = None) -> None:
+        data: dict[str, Any] = {"key": key}
+        if if_version is not None:
+            data["if_version"] = if_version
+        await self.request("signal.delete", ns, data)
+
+    async def watch(self, ns: str, *, key: str | None = None, prefix: str | None = None,
+                    since: int | None = None) -> Watch:
+        """Watch one key or a key prefix. `since` resumes after a known seq (Resync if compacted)."""
+        data: dict[str, Any] = {"key": key} if key is not None else {"prefix": prefix or ""}
+        w = Watch(self, "signal.watch", ns, data, self.watch_buffer_max)
+        if since is not None:
+            w.last_seq = since
+        await w._open()
+        return w
+
+    async def state_publish(self, doc: Any) -> int:
+        return int((await self.request("state.publish", self.agent_id, {"doc": doc}))["version"])
+
+    async def state_get(self, agent: str) -> dict[str, Any]:
+        return dict(await self.request("state.get", None, {"agent": agent}))
+
+    async def subscribe(self, agent: str, *, since: int | None = None) -> Watch:
+        w = Watch(self, "state.subscribe", None, {"agent": agent}, self.watch_buffer_max)
+        if since is not None:
+            w.last_seq = since
+        await w._open()
+        return w
+
+    # ---- node ----
+    async def health(self) -> dict[str, Any]:
+        return dict(await self.request("health"))
+
+    async def stats(self) -> dict[str, Any]:
+        return dict(await self.request("stats"))
+
+    async def grant_put(self, token: str) -> dict[str, Any]:
+        return dict(await self.request("grant.put", None, {"grant": token}))
+
+    async def grant_revoke(self, token: str) -> dict[str, Any]:
+        return dict(await self.request("grant.revoke", None, {"revocation": token}))
+
+
+class BlockingMemoryClient:
+    """The same API for code that is not trio (scripts, threads, asyncio apps): a trio loop runs in
+    a background thread and each call blocks until its reply. Close it (or use `with`)."""
+
+    def __init__(self, url: str, identity: Identity, **kwargs: Any) -> None:
+        self._client = MemoryClient(url, identity, **kwargs)
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._ready = threading.Event()
+        self._stop: trio.Event | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="mnemonet-client", daemon=True)
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._token = trio.lowlevel.current_trio_token()
+            self._stop = trio.Event()
+            try:
+                async with self._client:
+                    self._ready.set()
+                    await self._stop.wait()
+            except BaseException as e:
+                self._error = e
+                self._ready.set()
+
+        trio.run(main)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        if self._token is None or not self._thread.is_alive():
+            raise Unavailable("client is closed")
+
+        async def call() -> Any:
+            return await fn(*args, **kwargs)
+
+        return trio.from_thread.run(call, trio_token=self._token)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._client, name)
+        if name in ("watch", "subscribe") or not callable(attr):
+            if callable(attr):
+                raise AttributeError(f"{name} streams pushes: use MemoryClient from trio code")
+            return attr
+        return lambda *a, **kw: self._call(attr, *a, **kw)
+
+    def close(self) -> None:
+        if self._token is not None and self._stop is not None and self._thread.is_alive():
+            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
+        self._thread.join(timeout=10)
+
+    def __enter__(self) -> BlockingMemoryClient:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+

@@ -1,0 +1,231 @@
+"""SQLite in WAL mode behind trio: a group-committing writer and a reader, each on its own thread call.
+
+Owns the connections, the schema and the commit path; it knows nothing of actions or permissions.
+Every write is acknowledged only after its transaction committed (fsync policy: NodeConfig.fsync).
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from crypto.errors import Internal, MnemonetError, Unavailable
+
+T = TypeVar("T")
+
+SCHEMA_VERSION = 1
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS namespaces(code INTEGER PRIMARY KEY, ns TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS memories(
+    rowid INTEGER PRIMARY KEY,
+    ns TEXT NOT NULL,
+    id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    memory_type TEXT NOT NULL,
+    content TEXT NOT NULL,
+    metadata TEXT NOT NULL,
+    content_hash BLOB NOT NULL,
+    vector BLOB,
+    embedder TEXT,
+    created INTEGER NOT NULL,
+    expires_ms INTEGER,
+    deleted INTEGER NOT NULL DEFAULT 0,
+    deleted_hlc INTEGER,
+    UNIQUE(ns, id)
+);
+-- The atomic duplicate check: one live record per (namespace, content hash), enforced by SQLite
+-- inside the write transaction, so two concurrent stores of one text cannot both insert.
+CREATE UNIQUE INDEX IF NOT EXISTS memories_content ON memories(ns, content_hash) WHERE deleted = 0;
+CREATE INDEX IF NOT EXISTS memories_by_created ON memories(ns, created);
+CREATE INDEX IF NOT EXISTS memories_by_expiry ON memories(expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS links(
+    ns TEXT NOT NULL, from_id TEXT NOT NULL, to_ns TEXT NOT NULL, to_id TEXT NOT NULL,
+    relation TEXT NOT NULL, weight REAL NOT NULL, created INTEGER NOT NULL, owner TEXT NOT NULL,
+    PRIMARY KEY(ns, from_id, to_ns, to_id, relation)
+);
+CREATE INDEX IF NOT EXISTS links_by_target ON links(to_ns, to_id);
+CREATE TABLE IF NOT EXISTS signals(
+    ns TEXT NOT NULL, key TEXT NOT NULL, value TEXT NOT NULL, version INTEGER NOT NULL,
+    writer TEXT NOT NULL, expires_ms INTEGER, deleted INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY(ns, key)
+);
+CREATE INDEX IF NOT EXISTS signals_by_expiry ON signals(expires_ms) WHERE expires_ms IS NOT NULL;
+CREATE TABLE IF NOT EXISTS states(
+    agent TEXT PRIMARY KEY, doc TEXT NOT NULL, version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS changes(
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    topic TEXT NOT NULL, ns TEXT NOT NULL, key TEXT NOT NULL, event TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS changes_by_topic ON changes(topic, ns, key, seq);
+CREATE TABLE IF NOT EXISTS grants(
+    gid TEXT PRIMARY KEY, ns TEXT NOT NULL, grantee TEXT NOT NULL, exp_ms INTEGER NOT NULL,
+    token TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS grants_by_grantee ON grants(grantee, ns);
+CREATE TABLE IF NOT EXISTS revocations(gid TEXT PRIMARY KEY, ns TEXT NOT NULL, token TEXT NOT NULL);
+"""
+
+_SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}
+
+
+def connect(path: Path, *, fsync: str, readonly: bool = False) -> sqlite3.Connection:
+    """Open one connection with our pragmas. Autocommit mode: transactions are explicit."""
+    if fsync not in _SYNCHRONOUS:
+        raise ValueError(f"fsync must be one of {sorted(_SYNCHRONOUS)}, not {fsync!r}")
+    conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None, timeout=30.0)
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute(f"PRAGMA synchronous={_SYNCHRONOUS[fsync]}")
+    conn.execute("PRAGMA foreign_keys=ON")
+    if readonly:
+        conn.execute("PRAGMA query_only=ON")
+    return conn
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    conn.executescript(SCHEMA)
+    row = conn.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()
+    if row is None:
+        conn.execute("INSERT INTO meta(k, v) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
+    elif int(row[0]) > SCHEMA_VERSION:
+        raise RuntimeError(f"database schema {row[0]} is newer than this program ({SCHEMA_VERSION})")
+
+
+@dataclass(frozen=True, slots=True)
+class Applied(Generic[T]):
+    """What a write function returns: the caller's value and effects to apply once committed
+    (index updates, change events), in order. Effects of rolled-back writes are discarded."""
+
+    value: T
+    effects: tuple[Any, ...] = ()
+
+
+WriteFn = Callable[[sqlite3.Connection], Applied[T]]
+
+
+@dataclass(slots=True)
+class _PendingWrite(Generic[T]):
+    fn: WriteFn[T]
+    done: trio.Event = field(default_factory=trio.Event)
+    result: Any = None
+    error: MnemonetError | None = None
+
+
+class Database:
+    """The node's SQLite file. `write` calls from many tasks are group-committed by `run`.
+
+    A write function runs on the writer connection inside a SAVEPOINT of a shared transaction:
+    if it raises, only its own changes are rolled back and only its caller sees the error.
+    `on_commit` (if set) is called on the trio thread with the effects of each committed batch,
+    in commit order, before any writer is woken: index updates are visible to the writer's next
+    search (read-your-writes) and change events are published in sequence order.
+    """
+
+    def __init__(self, path: Path, *, fsync: str = "full", write_batch_max: int = 256) -> None:
+        self.path = path
+        self._writer = connect(path, fsync=fsync)
+        init_schema(self._writer)
+        self._reader = connect(path, fsync=fsync, readonly=True)
+        self._write_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(1)
+        self._queue_send, self._queue_recv = trio.open_memory_channel[_PendingWrite[Any]](math.inf)
+        self._batch_max = write_batch_max
+        self._running = False
+        self.on_commit: Callable[[list[Any]], None] | None = None
+        self.batches = 0
+        self.writes = 0
+
+    # ---- direct access (start-up and tests only) ----
+    def writer_sync(self) -> sqlite3.Connection:
+        """The writer connection, for start-up work before `run` starts (rebuilds, migrations)."""
+        return self._writer
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run a read-only function on the reader connection in a worker thread."""
+        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_limiter)
+
+    async def write(self, fn: WriteFn[T]) -> T:
+        """Queue a write, wait until its batch has committed, return its result or raise its error."""
+        if not self._running:
+            raise Unavailable("storage is not running")
+        pending: _PendingWrite[T] = _PendingWrite(fn)
+        self._queue_send.send_nowait(pending)
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result.value  # type: ignore[no-any-return]
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The group-commit loop. Runs until cancelled; pending writers then get `unavailable`."""
+        self._running = True
+        task_status.started()
+        try:
+            while True:
+                first = await self._queue_recv.receive()
+                batch = [first]
+                while len(batch) < self._batch_max:
+                    try:
+                        batch.append(self._queue_recv.receive_nowait())
+                    except trio.WouldBlock:
+                        break
+                # Shielded: once a batch is handed to SQLite we wait for its outcome, so an
+                # acknowledged write is never one whose commit we abandoned half way.
+                with trio.CancelScope(shield=True):
+                    committed = await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._write_limiter)
+                self.batches += 1
+                self.writes += len(batch)
+                if committed and self.on_commit is not None:
+                    self.on_commit([e for p in batch if p.error is None for e in p.result.effects])
+                for p in batch:
+                    p.done.set()
+        finally:
+            self._running = False
+            while True:
+                try:
+                    p = self._queue_recv.receive_nowait()
+                except trio.WouldBlock:
+                    break
+                p.error = Unavailable("node is shutting down")
+                p.done.set()
+
+    def _commit_batch(self, batch: list[_PendingWrite[Any]]) -> bool:
+        conn = self._writer
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as e:
+            for p in batch:
+                p.error = Unavailable(f"storage error: {e}")
+            return False
+        for p in batch:
+            conn.execute("SAVEPOINT op")
+            try:
+                p.result = p.fn(conn)
+            except MnemonetError as e:
+                p.error = e
+            except Exception as e:  # a bug in one op must not fail its batch neighbours
+                p.error = Internal(f"{type(e).__name__}: {e}")
+            if p.error is None:
+                conn.execute("RELEASE op")
+            else:
+                conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            conn.execute("ROLLBACK")
+            for p in batch:
+                p.error = Unavailable(f"commit failed: {e}")
+            return False
+        return True
+
+    def close(self) -> None:
+        self._reader.close()
+        self._writer.close()

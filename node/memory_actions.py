@@ -1,0 +1,211 @@
+"""The memory.* actions: store, get, delete, list, link, unlink, related, search.
+
+Validates fields, checks record-level permissions, and calls the storage and search functions.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import numpy as np
+import trio
+
+from crypto.envelope import Request
+from crypto.errors import Forbidden, InvalidArgument, TooLarge
+from node import link_store, memory_store
+from node import validate as v
+from node.memory_store import NewMemory, decode_cursor, encode_cursor
+from node.permissions import READ
+from node.search import compile_filter, run_search
+from node.service import Service, action
+from node.session import Session
+
+ID_CHARS_MAX = 128
+EMBED_INLINE_CHARS_MAX = 4000  # longer texts are embedded in a worker thread
+
+
+def client_space(name: str) -> str:
+    """Client-supplied vectors live in their own space per declared embedder name."""
+    return f"client:{name}"
+
+
+async def embed_text(svc: Service, text: str) -> np.ndarray:
+    if len(text) <= EMBED_INLINE_CHARS_MAX:
+        return svc.embedder.embed([text])[0]
+    return (await trio.to_thread.run_sync(svc.embedder.embed, [text]))[0]
+
+
+@action("memory.store", "write")
+async def memory_store_action(svc: Service, req: Request, session: Session) -> Any:
+    d, ns = req.data, req.ns or ""
+    cfg = svc.config
+    mid = v.string(d, "id", None, chars_max=ID_CHARS_MAX) or uuid.uuid4().hex
+    content = v.string(d, "content", chars_max=cfg.memory_content_chars_max)
+    memory_type = v.string(d, "memory_type", "note", chars_max=64)
+    metadata = v.mapping(d, "metadata", {})
+    if v.encoded_size(metadata) > cfg.metadata_bytes_max:
+        raise TooLarge(f"metadata is larger than {cfg.metadata_bytes_max} bytes", field="metadata")
+    ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=10 * 365 * 86400.0)
+    vector = v.vector(d, "vector", cfg.dim)
+    if vector is not None:
+        space = client_space(v.string(d, "embedder", "client", chars_max=64))
+    else:
+        if "embedder" in d and d["embedder"] not in (None, svc.embedder.embedder_id):
+            raise InvalidArgument("`embedder` names the embedder of a client-sent `vector`; none was sent")
+        space = svc.embedder.embedder_id
+        vector = await embed_text(svc, content)
+    now = svc.wall_ms()
+    m = NewMemory(
+        ns=ns, id=mid, owner=req.agent_id, memory_type=memory_type, content=content, metadata=metadata,
+        vector=vector, embedder=space, created=svc.stamp(),
+        expires_ms=None if ttl_s is None else now + int(ttl_s * 1000),
+    )
+    return await svc.db.write(lambda c: memory_store.store(c, m, now))
+
+
+@action("memory.get", "read")
+async def memory_get_action(svc: Service, req: Request, session: Session) -> Any:
+    mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
+    include_vector = v.boolean(req.data, "include_vector", False)
+    now = svc.wall_ms()
+    return await svc.db.read(lambda c: memory_store.get(c, req.ns or "", mid, now, include_vector=include_vector))
+
+
+@action("memory.delete", "write")
+async def memory_delete_action(svc: Service, req: Request, session: Session) -> Any:
+    ns = req.ns or ""
+    mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
+    now = svc.wall_ms()
+    if not svc.policy.owns(req.agent_id, ns):
+        # In shared namespaces only the record's author (or the namespace owner) may delete it.
+        owner = await svc.db.read(lambda c: memory_store.owner_of(c, ns, mid, now))
+        if owner != req.agent_id:
+            raise Forbidden("only the memory's owner or the namespace owner may delete it", id=mid)
+    hlc = svc.stamp()
+    return await svc.db.write(lambda c: memory_store.delete(c, ns, mid, hlc, now))
+
+
+@action("memory.list", "read")
+async def memory_list_action(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    limit = v.integer(d, "limit", 100, lo=1, hi=svc.config.page_limit_max)
+    cursor = v.string(d, "cursor", None, chars_max=512)
+    mtype = v.string(d, "memory_type", None, chars_max=64)
+    now = svc.wall_ms()
+    return await svc.db.read(
+        lambda c: memory_store.list_page(c, req.ns or "", limit=limit, cursor=cursor, memory_type=mtype, now_ms=now))
+
+
+def _link_fields(svc: Service, req: Request) -> tuple[str, str, str, str]:
+    d = req.data
+    from_id = v.string(d, "from", chars_max=ID_CHARS_MAX)
+    to_id = v.string(d, "to", chars_max=ID_CHARS_MAX)
+    to_ns = v.string(d, "to_ns", req.ns or "", chars_max=256)
+    relation = v.string(d, "relation", "related", chars_max=64)
+    if to_ns != req.ns:
+        svc.check(req, to_ns, READ, "memory.get")
+    return from_id, to_ns, to_id, relation
+
+
+@action("memory.link", "write")
+async def memory_link_action(svc: Service, req: Request, session: Session) -> Any:
+    from_id, to_ns, to_id, relation = _link_fields(svc, req)
+    weight = v.number(req.data, "weight", 1.0, lo=-1e9, hi=1e9)
+    now, hlc = svc.wall_ms(), svc.stamp()
+    return await svc.db.write(lambda c: link_store.link(
+        c, ns=req.ns or "", from_id=from_id, to_ns=to_ns, to_id=to_id, relation=relation, weight=weight,
+        hlc=hlc, owner=req.agent_id, now_ms=now))
+
+
+@action("memory.unlink", "write")
+async def memory_unlink_action(svc: Service, req: Request, session: Session) -> Any:
+    from_id, to_ns, to_id, relation = _link_fields(svc, req)
+    return await svc.db.write(lambda c: link_store.unlink(
+        c, ns=req.ns or "", from_id=from_id, to_ns=to_ns, to_id=to_id, relation=relation))
+
+
+def _related_args(svc: Service, d: dict[str, Any]) -> dict[str, Any]:
+    direction = v.string(d, "direction", "both", chars_max=8)
+    if direction not in ("out", "in", "both"):
+        raise InvalidArgument("direction must be out, in or both", field="direction")
+    return {
+        "depth": v.integer(d, "depth", 1, lo=1, hi=svc.config.related_depth_max),
+        "relation": v.string(d, "relation", None, chars_max=64),
+        "direction": direction,
+        "limit": v.integer(d, "limit", 50, lo=1, hi=svc.config.page_limit_max),
+    }
+
+
+@action("memory.related", "read")
+async def memory_related_action(svc: Service, req: Request, session: Session) -> Any:
+    mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
+    args = _related_args(svc, req.data)
+    now = svc.wall_ms()
+    readable_cache: dict[str, bool] = {}
+
+    def readable(ns: str) -> bool:
+        if ns not in readable_cache:
+            readable_cache[ns] = svc.readable(req, ns)
+        return readable_cache[ns]
+
+    return await svc.db.read(lambda c: link_store.related(c, req.ns or "", mid, now_ms=now, readable=readable, **args))
+
+
+@action("memory.search", "read", needs_ns=False)
+async def memory_search_action(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    cfg = svc.config
+    limit = v.integer(d, "limit", 10, lo=1, hi=cfg.page_limit_max)
+    cursor = v.string(d, "cursor", None, chars_max=256)
+    offset = 0
+    if cursor is not None:
+        offset = decode_cursor(cursor, 1)[0]
+        if isinstance(offset, bool) or not isinstance(offset, int) or not 0 <= offset <= 10 * cfg.page_limit_max:
+            raise InvalidArgument("malformed cursor")
+    namespaces = v.string_list(d, "namespaces", None, items_max=64)
+    if namespaces is None:
+        namespaces = [req.ns] if req.ns else [req.agent_id, cfg.public_namespace]
+    for ns in namespaces:
+        svc.check(req, ns, READ, "memory.search")
+    vector = v.vector(d, "vector", cfg.dim)
+    if vector is not None:
+        space = client_space(v.string(d, "embedder", "client", chars_max=64))
+    else:
+        query = v.string(d, "query", chars_max=cfg.memory_content_chars_max)
+        space = svc.embedder.embedder_id
+        vector = await embed_text(svc, query)
+    flt = compile_filter(d, svc.wall_ms())
+    expand = d.get("expand", False)
+    if not isinstance(expand, bool | dict):
+        raise InvalidArgument("expand must be true/false or a map {depth, relation, direction, limit}")
+    expand_args = _related_args(svc, expand if isinstance(expand, dict) else {"limit": 5}) if expand else None
+    index = svc.spaces.get(space)
+    k = offset + limit + 1  # one extra tells whether a further page exists
+
+    def work(conn: Any) -> tuple[list[tuple[dict[str, Any], float]], bool]:
+        codes = [r[0] for r in conn.execute(
+            f"SELECT code FROM namespaces WHERE ns IN ({','.join('?' * len(namespaces))})", namespaces)]
+        return run_search(conn, index, vector, k=k, groups=codes, flt=flt)
+
+    found, exhaustive = await svc.db.read(work)
+    page = found[offset:offset + limit]
+    hits = []
+    for mem, score in page:
+        mem["score"] = score
+        hits.append(mem)
+    out: dict[str, Any] = {"hits": hits, "truncated": len(found) > offset + limit, "exhaustive": exhaustive,
+                           "embedder": space}
+    if out["truncated"]:
+        out["next_cursor"] = encode_cursor(offset + limit)
+    if expand_args is not None and hits:
+        now = svc.wall_ms()
+
+        def expand_all(conn: Any) -> None:
+            for h in hits:
+                h["context"] = link_store.related(
+                    conn, h["ns"], h["id"], now_ms=now, readable=lambda ns: svc.readable(req, ns), **expand_args
+                )["items"]
+
+        await svc.db.read(expand_all)
+    return out

@@ -1,0 +1,98 @@
+"""Who may do what: namespace ownership, the shared public namespace, the operator, and grants.
+
+Pure policy over already-verified identities and parsed grants; the node feeds it stored grants
+and revocations. It never touches storage or the network.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from crypto.errors import BadSignature, Expired, Forbidden, InvalidArgument
+from crypto.grants import Grant, Revocation
+
+READ, WRITE, ADMIN = "read", "write", "admin"
+
+
+@dataclass(slots=True)
+class AccessPolicy:
+    """Decides `allowed(agent, ns, action, class)`.
+
+    - The operator identities may do anything.
+    - An agent owns the namespace equal to its agent id.
+    - `public_namespace` (default "public") is readable and writable by every authenticated agent;
+      a record there can be deleted only by its owner or the operator (checked by the action).
+    - Anything else needs a grant signed by the namespace's owner (or an operator), presented with
+      the request or stored with `grant.put`, unexpired and not revoked.
+    """
+
+    operator_ids: frozenset[str]
+    public_namespace: str = "public"
+    _stored: dict[tuple[str, str], dict[str, Grant]] = field(default_factory=dict)
+    _revoked: set[str] = field(default_factory=set)
+
+    def owns(self, agent_id: str, ns: str) -> bool:
+        return agent_id == ns or agent_id in self.operator_ids
+
+    def add_grant(self, grant: Grant) -> None:
+        if not grant.issued_by_owner(self.operator_ids):
+            raise BadSignature("grant is not signed by the namespace owner", ns=grant.ns, gid=grant.gid)
+        self._stored.setdefault((grant.grantee, grant.ns), {})[grant.gid] = grant
+
+    def revoke(self, rev: Revocation) -> None:
+        if not (rev.issuer_id == rev.ns or rev.issuer_id in self.operator_ids):
+            raise BadSignature("revocation is not signed by the namespace owner", ns=rev.ns, gid=rev.gid)
+        self._revoked.add(rev.gid)
+        for grants in self._stored.values():
+            grants.pop(rev.gid, None)
+
+    def is_revoked(self, gid: str) -> bool:
+        return gid in self._revoked
+
+    def forget_expired(self, now_ms: int) -> int:
+        n = 0
+        for key in list(self._stored):
+            live = {g: gr for g, gr in self._stored[key].items() if gr.exp_ms > now_ms}
+            n += len(self._stored[key]) - len(live)
+            if live:
+                self._stored[key] = live
+            else:
+                del self._stored[key]
+        return n
+
+    def check(
+        self, agent_id: str, ns: str, action: str, action_class: str, presented: Iterable[Grant], now_ms: int
+    ) -> None:
+        """Return if allowed; raise Forbidden, or Expired when only an expired grant would allow it."""
+        if agent_id in self.operator_ids or agent_id == ns:
+            return
+        if ns == self.public_namespace and action_class in (READ, WRITE):
+            return
+        expired_match = False
+        candidates = list(presented) + list(self._stored.get((agent_id, ns), {}).values())
+        for g in candidates:
+            if g.grantee != agent_id or g.ns != ns or g.gid in self._revoked:
+                continue
+            if not g.issued_by_owner(self.operator_ids):
+                continue
+            if g.allows(agent_id, ns, action, action_class, now_ms):
+                return
+            if g.exp_ms <= now_ms and g.allows(agent_id, ns, action, action_class, g.exp_ms - 1):
+                expired_match = True
+        if expired_match:
+            raise Expired(f"the grant for {action} on namespace {ns!r} has expired", ns=ns, action=action)
+        raise Forbidden(f"agent {agent_id} may not {action} in namespace {ns!r}", ns=ns, action=action)
+
+    def readable(self, agent_id: str, ns: str, presented: Iterable[Grant], now_ms: int) -> bool:
+        try:
+            self.check(agent_id, ns, "memory.search", READ, presented, now_ms)
+        except (Forbidden, Expired):
+            return False
+        return True
+
+
+def require_namespace(ns: str | None) -> str:
+    if not ns:
+        raise InvalidArgument("this action needs a namespace (`ns`)")
+    return ns

@@ -1,0 +1,228 @@
+"""The memory service of one node: verified requests in, replies and pushes out.
+
+Owns start-up (storage, indexes, clock), the request pipeline (decode -> verify -> permission ->
+action) and background upkeep (sealing, sweeping). Transport-agnostic: node/server.py feeds it
+decoded frames and a Session; tests can drive it without sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from crypto.envelope import Request, RequestVerifier, UnverifiedRequest, decode_request
+from crypto.errors import BadSignature, Internal, InvalidArgument, MnemonetError, UnknownAction
+from crypto.grants import Grant, parse_grant, parse_revocation
+from crypto.identity import Identity
+from node import memory_store, signal_store
+from node.changefeed import ChangeHub
+from node.config import NodeConfig
+from node.database import Database
+from node.effects import Change, IndexAdd, IndexRemove
+from node.embedder import Embedder, make_embedder
+from node.permissions import AccessPolicy
+from node.session import Session
+from node.vector_spaces import VectorSpaces
+from ring.hlc import HybridClock
+
+log = logging.getLogger("mnemonet.node")
+
+Handler = Callable[["Service", Request, Session], Awaitable[Any]]
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    name: str
+    handler: Handler
+    action_class: str  # "read", "write", "admin", or "self" (checked by the handler itself)
+    needs_ns: bool
+
+
+ACTIONS: dict[str, ActionSpec] = {}
+
+
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """A handler result plus work to run once the reply is queued (e.g. start a watch's pushes)."""
+
+    result: Any
+    then: Callable[[], None]
+
+
+def action(name: str, action_class: str, *, needs_ns: bool = True) -> Callable[[Handler], Handler]:
+    """Register an action handler (used by node/*_actions.py)."""
+
+    def register(fn: Handler) -> Handler:
+        if name in ACTIONS:
+            raise RuntimeError(f"action {name} registered twice")
+        ACTIONS[name] = ActionSpec(name, fn, action_class, needs_ns)
+        return fn
+
+    return register
+
+
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Service:
+    """One node's memory service. Create, then `await nursery.start(service.run)`."""
+
+    def __init__(
+        self, config: NodeConfig, data_dir: Path, identity: Identity, *,
+        operator_ids: frozenset[str] = frozenset(), wall_ms: Callable[[], int] = wall_clock_ms,
+        embedder: Embedder | None = None,
+    ) -> None:
+        # Importing the action modules registers their handlers.
+        from node import admin_actions, memory_actions, signal_actions  # noqa: F401
+
+        self.config = config
+        self.data_dir = data_dir
+        self.identity = identity
+        self.wall_ms = wall_ms
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(data_dir / "mnemonet.sqlite3", fsync=config.fsync, write_batch_max=config.write_batch_max)
+        self.db.on_commit = self.apply_effects
+        self.policy = AccessPolicy(operator_ids | {identity.agent_id}, config.public_namespace)
+        self.verifier = RequestVerifier(config.envelope)
+        self.embedder = embedder or make_embedder(config.embedder, config.dim)
+        self.clock = HybridClock(last=self._restore_clock())
+        self.hub = ChangeHub()
+        self.spaces = VectorSpaces(data_dir / "index", config.dim)
+        self.started_s = time.monotonic()
+        self.requests: Counter[str] = Counter()
+        self.errors: Counter[str] = Counter()
+        self._load_grants()
+        self.spaces.open_all(self.db.writer_sync())
+
+    # ---- start-up ----
+    def _restore_clock(self) -> int:
+        # Never hand out a version at or below one already stored, even if the wall clock stepped back.
+        conn = self.db.writer_sync()
+        last = 0
+        for sql in ("SELECT MAX(created) FROM memories", "SELECT MAX(deleted_hlc) FROM memories",
+                    "SELECT MAX(version) FROM signals", "SELECT MAX(version) FROM states"):
+            v = conn.execute(sql).fetchone()[0]
+            last = max(last, int(v or 0))
+        return last
+
+    def _load_grants(self) -> None:
+        conn = self.db.writer_sync()
+        for (token,) in conn.execute("SELECT token FROM revocations"):
+            self.policy.revoke(parse_revocation(token))
+        for (token,) in conn.execute("SELECT token FROM grants WHERE exp_ms > ?", (self.wall_ms(),)):
+            self.policy.add_grant(parse_grant(token))
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.db.run)
+                nursery.start_soon(self._seal_loop)
+                nursery.start_soon(self._sweep_loop)
+                task_status.started()
+        finally:
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(self.spaces.save_all)
+            self.db.close()
+
+    async def _seal_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.seal_check_interval_s)
+            await self.spaces.seal_if_needed()
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await trio.sleep(self.config.sweep_interval_s)
+            try:
+                await self.sweep()
+            except MnemonetError as e:  # storage trouble: try again next round, keep serving
+                log.warning("sweep failed: %s", e)
+
+    async def sweep(self) -> dict[str, int]:
+        """Physically retire expired memories and signals; compact the change log."""
+        now = self.wall_ms()
+        hlc = self.clock.now(now)
+        mem = await self.db.write(lambda c: memory_store.sweep_expired(c, now, hlc))
+        sig = await self.db.write(lambda c: signal_store.signal_sweep(c, now, hlc))
+        chg = await self.db.write(lambda c: signal_store.compact_changes(c, self.config.changes_retained))
+        self.policy.forget_expired(now)
+        return {"memories": mem, "signals": sig, "changes": chg}
+
+    # ---- commit effects (trio thread, commit order) ----
+    def apply_effects(self, effects: list[Any]) -> None:
+        for e in effects:
+            if isinstance(e, IndexAdd):
+                self.spaces.add(e.space, e.rowid, e.vector, e.group)
+            elif isinstance(e, IndexRemove):
+                self.spaces.remove(e.space, e.rowid)
+            elif isinstance(e, Change):
+                self.hub.publish(e)
+
+    # ---- the request pipeline ----
+    async def handle_frame(
+        self, frame: Any, binary: bool, session: Session
+    ) -> tuple[dict[str, Any], Callable[[], None] | None]:
+        """Verify and run one decoded request frame. Never raises: returns the reply, and work to
+        run right after the reply is queued (or None)."""
+        rid: Any = None
+        try:
+            unverified: UnverifiedRequest = decode_request(frame, binary=binary, config=self.config.envelope)
+            rid = unverified.rid
+            req = self.verifier.verify(unverified, self.wall_ms())
+            session.note_agent(req.agent_id)
+            result = await self.dispatch(req, session)
+            self.requests[req.action] += 1
+            if isinstance(result, Deferred):
+                return {"rid": rid, "ok": True, "result": result.result}, result.then
+            return {"rid": rid, "ok": True, "result": result}, None
+        except MnemonetError as e:
+            if rid is None:
+                rid = e.details.pop("rid", None)
+            return self.error_reply(rid, e), None
+        except Exception as e:  # a bug must cost one request, not the connection or the node
+            log.exception("internal error in request %r", rid)
+            return self.error_reply(rid, Internal(f"{type(e).__name__}")), None
+
+    def error_reply(self, rid: Any, e: MnemonetError) -> dict[str, Any]:
+        self.errors[e.code] += 1
+        return {"rid": rid, "ok": False, "error": e.to_wire()}
+
+    async def dispatch(self, req: Request, session: Session) -> Any:
+        spec = ACTIONS.get(req.action)
+        if spec is None:
+            raise UnknownAction(f"unknown action {req.action!r}", action=req.action)
+        if spec.needs_ns and not req.ns:
+            raise InvalidArgument(f"{req.action} needs a namespace (`ns`)")
+        if not isinstance(req.data, dict):
+            raise InvalidArgument("`data` must be a map")
+        if spec.action_class in ("read", "write", "admin") and spec.needs_ns:
+            self.check(req, req.ns or "", spec.action_class)
+        elif spec.action_class == "admin":
+            self.check(req, "", "admin")
+        return await spec.handler(self, req, session)
+
+    def grants_of(self, req: Request) -> list[Grant]:
+        out = []
+        for token in req.grants:
+            try:
+                g = parse_grant(token)
+            except MnemonetError:
+                raise BadSignature("a presented grant does not verify") from None
+            out.append(g)
+        return out
+
+    def check(self, req: Request, ns: str, action_class: str, action: str | None = None) -> None:
+        self.policy.check(req.agent_id, ns, action or req.action, action_class, self.grants_of(req), self.wall_ms())
+
+    def readable(self, req: Request, ns: str) -> bool:
+        return self.policy.readable(req.agent_id, ns, self.grants_of(req), self.wall_ms())
+
+    def stamp(self) -> int:
+        return self.clock.now(self.wall_ms())

@@ -1,0 +1,71 @@
+"""Per-connection state: the ordered outgoing queue (replies and pushes) and open watches.
+
+Replies wait for queue space (back-pressure on that one client); pushes never wait: when the
+queue is full the watch is dropped with a `resync` notice. Knows nothing of websockets.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+import trio
+
+from node.changefeed import ChangeHub, Subscription
+
+Outgoing = tuple[dict[str, Any], bool]  # (frame object, binary form?)
+
+
+class Session:
+    def __init__(self, hub: ChangeHub, queue_max: int) -> None:
+        self.hub = hub
+        self.send, self.receive = trio.open_memory_channel[Outgoing](queue_max)
+        self.subscriptions: dict[int, Subscription] = {}
+        # Overflow notices bypass the bound: at most one per subscription, so still bounded.
+        self.notices: deque[Outgoing] = deque()
+        self.agents: set[str] = set()
+
+    def note_agent(self, agent_id: str) -> None:
+        if len(self.agents) < 64:
+            self.agents.add(agent_id)
+
+    async def reply(self, obj: dict[str, Any], binary: bool) -> None:
+        await self.send.send((obj, binary))
+
+    def pusher(self, binary: bool) -> Any:
+        def deliver(push: dict[str, Any]) -> bool:
+            if "error" in push:
+                self.notices.append((push, binary))
+                return True
+            try:
+                self.send.send_nowait((push, binary))
+            except trio.WouldBlock:
+                return False
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                return True  # connection is going away; close() removes the watch
+            return True
+
+        return deliver
+
+    def add(self, sub: Subscription) -> None:
+        self.subscriptions[sub.sub_id] = sub
+
+    def remove(self, sub_id: int) -> bool:
+        sub = self.subscriptions.pop(sub_id, None)
+        if sub is None:
+            return False
+        self.hub.close(sub_id)
+        return True
+
+    def take_notices(self) -> list[Outgoing]:
+        out = list(self.notices)
+        self.notices.clear()
+        for obj, _ in out:
+            self.subscriptions.pop(int(obj.get("sub", 0)), None)
+        return out
+
+    def close(self) -> None:
+        for sub_id in list(self.subscriptions):
+            self.hub.close(sub_id)
+        self.subscriptions.clear()
+        self.send.close()

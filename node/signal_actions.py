@@ -1,0 +1,139 @@
+"""The signal.* and state.* actions, including resumable watches and subscriptions.
+
+Signals are LWW registers per (namespace, key) with TTL and compare-and-set; a state is one
+document per agent, published by that agent only, readable by every authenticated agent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from crypto.envelope import Request
+from crypto.errors import Forbidden, InvalidArgument, NotFound, Resync, TooLarge
+from node import signal_store
+from node import validate as v
+from node.service import Deferred, Service, action
+from node.session import Session
+from ring.merge import Versioned
+
+KEY_CHARS_MAX = 256
+BACKLOG_MAX = 10_000  # changes replayed to a resuming watch; further behind must re-read (resync)
+
+
+def _value(svc: Service, d: dict[str, Any], name: str, limit: int) -> Any:
+    if name not in d:
+        raise InvalidArgument(f"field {name!r} is required", field=name)
+    if v.encoded_size(d[name]) > limit:
+        raise TooLarge(f"{name} is larger than {limit} bytes", field=name, limit=limit)
+    return d[name]
+
+
+@action("signal.set", "write")
+async def signal_set(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    key = v.string(d, "key", chars_max=KEY_CHARS_MAX)
+    value = _value(svc, d, "value", svc.config.signal_value_bytes_max)
+    ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=10 * 365 * 86400.0)
+    if_version = v.integer(d, "if_version", None, lo=0)
+    now = svc.wall_ms()
+    incoming = Versioned(value, svc.stamp(), req.agent_id, False, None if ttl_s is None else now + int(ttl_s * 1000))
+    return await svc.db.write(
+        lambda c: signal_store.signal_put(c, req.ns or "", key, incoming, if_version=if_version, now_ms=now))
+
+
+@action("signal.delete", "write")
+async def signal_delete(svc: Service, req: Request, session: Session) -> Any:
+    key = v.string(req.data, "key", chars_max=KEY_CHARS_MAX)
+    if_version = v.integer(req.data, "if_version", None, lo=0)
+    now = svc.wall_ms()
+    tomb = Versioned(None, svc.stamp(), req.agent_id, True, None)
+    return await svc.db.write(
+        lambda c: signal_store.signal_put(c, req.ns or "", key, tomb, if_version=if_version, now_ms=now))
+
+
+@action("signal.get", "read")
+async def signal_get(svc: Service, req: Request, session: Session) -> Any:
+    key = v.string(req.data, "key", chars_max=KEY_CHARS_MAX)
+    now = svc.wall_ms()
+    return await svc.db.read(lambda c: signal_store.signal_get(c, req.ns or "", key, now))
+
+
+@action("signal.list", "read")
+async def signal_list(svc: Service, req: Request, session: Session) -> Any:
+    prefix = v.string(req.data, "prefix", "", chars_max=KEY_CHARS_MAX, allow_empty=True)
+    limit = v.integer(req.data, "limit", 100, lo=1, hi=svc.config.page_limit_max)
+    now = svc.wall_ms()
+    return await svc.db.read(lambda c: signal_store.signal_list(c, req.ns or "", prefix, limit, now))
+
+
+async def _open_watch(svc: Service, req: Request, session: Session, topic: str, ns: str, key: str,
+                      exact: bool) -> dict[str, Any]:
+    since = v.integer(req.data, "since", None, lo=0)
+    # Open (buffering) before reading the current seq, so no change can fall between the two.
+    sub = svc.hub.open(topic, ns, key, exact, session.pusher(req.binary), since=since or 0)
+    session.add(sub)
+    try:
+        current = await svc.db.read(signal_store.last_seq)
+        if since is None:
+            sub.last_seq = current
+        elif since < current:
+            backlog = await svc.db.read(
+                lambda c: signal_store.changes_since(c, topic, ns, key, exact, since, BACKLOG_MAX + 1))
+            if len(backlog) > BACKLOG_MAX:
+                raise Resync(f"more than {BACKLOG_MAX} changes missed; re-read current values",
+                             compacted_through=since)
+            sub.buffered[:0] = backlog
+    except BaseException:
+        session.remove(sub.sub_id)
+        raise
+    # Backlog and anything committed meanwhile flow out right after this reply, in seq order.
+    return Deferred({"sub": sub.sub_id, "seq": current}, lambda: svc.hub.go_live(sub))
+
+
+@action("signal.watch", "read")
+async def signal_watch(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    key = v.string(d, "key", None, chars_max=KEY_CHARS_MAX)
+    prefix = v.string(d, "prefix", None, chars_max=KEY_CHARS_MAX, allow_empty=True)
+    if (key is None) == (prefix is None):
+        raise InvalidArgument("give exactly one of `key` or `prefix`")
+    return await _open_watch(svc, req, session, "signal", req.ns or "", key if key is not None else prefix,
+                             key is not None)
+
+
+@action("watch.cancel", "self", needs_ns=False)
+async def watch_cancel(svc: Service, req: Request, session: Session) -> Any:
+    sub = v.integer(req.data, "sub", lo=0)
+    if not session.remove(sub):
+        raise NotFound(f"no watch {sub} on this connection", sub=sub)
+    return {"sub": sub, "cancelled": True}
+
+
+@action("state.publish", "self")
+async def state_publish(svc: Service, req: Request, session: Session) -> Any:
+    if req.ns != req.agent_id and req.agent_id not in svc.policy.operator_ids:
+        raise Forbidden("an agent publishes only its own state (ns must be its agent id)")
+    doc = _value(svc, req.data, "doc", svc.config.state_bytes_max)
+    hlc = svc.stamp()
+    return await svc.db.write(lambda c: signal_store.state_publish(c, req.ns or "", doc, hlc))
+
+
+def _state_target(svc: Service, req: Request) -> str:
+    # States are readable by every authenticated agent: publishing is how agents share them.
+    agent = v.string(req.data, "agent", req.ns, chars_max=64)
+    if not agent:
+        raise InvalidArgument("give the `agent` whose state to read (or put it in `ns`)")
+    return str(agent)
+
+
+@action("state.get", "self", needs_ns=False)
+async def state_get(svc: Service, req: Request, session: Session) -> Any:
+    agent = _state_target(svc, req)
+    return await svc.db.read(lambda c: signal_store.state_get(c, agent))
+
+
+@action("state.subscribe", "self", needs_ns=False)
+async def state_subscribe(svc: Service, req: Request, session: Session) -> Any:
+    agent = _state_target(svc, req)
+    return await _open_watch(svc, req, session, "state", agent, "", True)
+

@@ -1,0 +1,103 @@
+"""One vector index per embedding space (embedder id), opened from disk or rebuilt from SQLite.
+
+Vectors of different embedders are never compared because they never share an index. Owns the
+index directories and sealing in worker threads; search filtering is node/search.py's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import trio
+
+from node.vector_index import VectorIndex, VectorIndexConfig
+
+log = logging.getLogger("mnemonet.index")
+REBUILD_BATCH = 4096
+
+
+def space_dirname(space: str) -> str:
+    safe = re.sub(r"[^A-Za-z0-9._-]", "_", space)[:64]
+    return f"{safe}-{hashlib.sha256(space.encode()).hexdigest()[:8]}"
+
+
+class VectorSpaces:
+    def __init__(self, root: Path, dim: int, config: VectorIndexConfig | None = None) -> None:
+        self.root = root
+        self.dim = dim
+        self.config = config or VectorIndexConfig()
+        self.indexes: dict[str, VectorIndex] = {}
+        self._sealing = False
+
+    def open_all(self, conn: sqlite3.Connection) -> None:
+        """Open every space that has live vectors; rebuild from SQLite where files are missing/stale."""
+        spaces = [r[0] for r in conn.execute(
+            "SELECT DISTINCT embedder FROM memories WHERE embedder IS NOT NULL AND deleted=0")]
+        for space in spaces:
+            self.indexes[space] = self._open(space, conn)
+
+    def _rows(self, conn: sqlite3.Connection, space: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        cur = conn.execute(
+            "SELECT m.rowid, m.vector, n.code FROM memories m JOIN namespaces n ON n.ns = m.ns"
+            " WHERE m.embedder=? AND m.deleted=0 AND m.vector IS NOT NULL ORDER BY m.rowid", (space,))
+        while True:
+            rows = cur.fetchmany(REBUILD_BATCH)
+            if not rows:
+                return
+            keys = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
+            vecs = np.frombuffer(b"".join(r[1] for r in rows), dtype="<f4").reshape(len(rows), self.dim)
+            groups = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
+            yield keys, vecs, groups
+
+    def _open(self, space: str, conn: sqlite3.Connection) -> VectorIndex:
+        directory = self.root / space_dirname(space)
+        directory.mkdir(parents=True, exist_ok=True)
+        live = conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM memories WHERE embedder=? AND deleted=0 AND vector IS NOT NULL",
+            (space,)).fetchone()
+        return VectorIndex.open(
+            self.dim, directory, self.config, rebuild=lambda: self._rows(conn, space),
+            expected=(int(live[0]), int(live[1])),
+        )
+
+    def get(self, space: str) -> VectorIndex | None:
+        return self.indexes.get(space)
+
+    def add(self, space: str, rowid: int, vector: np.ndarray, group: int) -> None:
+        idx = self.indexes.get(space)
+        if idx is None:
+            directory = self.root / space_dirname(space)
+            directory.mkdir(parents=True, exist_ok=True)
+            idx = self.indexes[space] = VectorIndex(self.dim, directory, self.config)
+        idx.add(rowid, vector, group)
+
+    def remove(self, space: str, rowid: int) -> None:
+        idx = self.indexes.get(space)
+        if idx is not None:
+            idx.remove(rowid)
+
+    async def seal_if_needed(self, *, force: bool = False) -> None:
+        """Seal buffers into annoy segments in a worker thread (searches keep running meanwhile)."""
+        if self._sealing:
+            return
+        self._sealing = True
+        try:
+            for idx in list(self.indexes.values()):
+                if idx.needs_seal() or (force and idx.statistics().get("buffer", 0)):
+                    await trio.to_thread.run_sync(idx.seal)
+        finally:
+            self._sealing = False
+
+    def save_all(self) -> None:
+        for idx in self.indexes.values():
+            idx.save()
+
+    def statistics(self) -> dict[str, Any]:
+        return {space: idx.statistics() for space, idx in self.indexes.items()}
