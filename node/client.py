@@ -6,6 +6,7 @@ routes watch pushes, reconnects on demand and resumes watches from their last se
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
 import time
@@ -85,6 +86,7 @@ class Watch:
         self.action, self.ns, self.data = action, ns, data
         self.sub_id: int | None = None
         self.last_seq = 0
+        self.resume = False  # True once last_seq is meaningful: reopen with `since`
         self._send, self._recv = trio.open_memory_channel[Change | MnemonetError](buffer_max)
 
     def _deliver(self, push: dict[str, Any]) -> None:
@@ -99,6 +101,7 @@ class Watch:
         try:
             self._send.send_nowait(Change(seq, push.get("event") or {}))
             self.last_seq = seq
+            self.resume = True
         except trio.WouldBlock:
             self.sub_id = None
             self.client._watches.pop(id(self), None)
@@ -106,11 +109,12 @@ class Watch:
 
     async def _open(self) -> None:
         data = dict(self.data)
-        if self.last_seq:
+        if self.resume:
             data["since"] = self.last_seq
         res = await self.client.request(self.action, self.ns, data, _watch=self)
-        if not self.last_seq:
+        if not self.resume:
             self.last_seq = int(res["seq"])
+            self.resume = True
 
     async def _resume(self) -> None:
         try:
@@ -131,10 +135,8 @@ class Watch:
         self.client._watches.pop(id(self), None)
         if self.sub_id is not None and self.client._ws is not None:
             sub, self.sub_id = self.sub_id, None
-            try:
+            with contextlib.suppress(MnemonetError):
                 await self.client.request("watch.cancel", None, {"sub": sub})
-            except MnemonetError:
-                pass
         self._send.close()
 
 
@@ -364,7 +366,7 @@ class MemoryClient:
         data: dict[str, Any] = {"key": key} if key is not None else {"prefix": prefix or ""}
         w = Watch(self, "signal.watch", ns, data, self.watch_buffer_max)
         if since is not None:
-            w.last_seq = since
+            w.last_seq, w.resume = since, True
         await w._open()
         return w
 
@@ -377,7 +379,7 @@ class MemoryClient:
     async def subscribe(self, agent: str, *, since: int | None = None) -> Watch:
         w = Watch(self, "state.subscribe", None, {"agent": agent}, self.watch_buffer_max)
         if since is not None:
-            w.last_seq = since
+            w.last_seq, w.resume = since, True
         await w._open()
         return w
 

@@ -1,0 +1,181 @@
+"""The `mnemonet` command: keygen, node (serve), and small client verbs for a person at a terminal.
+
+Argument parsing and printing only; everything real lives in crypto/, node/service.py, node/client.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from crypto.errors import MnemonetError
+from crypto.identity import Identity
+
+DEFAULT_KEY = Path(os.environ.get("MNEMONET_KEY", str(Path.home() / ".mnemonet" / "identity.pem")))
+DEFAULT_URL = os.environ.get("MNEMONET_URL", "ws://127.0.0.1:7700")
+
+
+def _hostport(s: str) -> tuple[str, int]:
+    host, _, port = s.rpartition(":")
+    if not host or not port.isdigit():
+        raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:7700")
+    return host.strip("[]"), int(port)
+
+
+def _json_arg(s: str) -> Any:
+    try:
+        return json.loads(s)
+    except ValueError:
+        return s  # a bare word is taken as a string
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mnemonet", description="Shared memory for networks of AI agents.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    k = sub.add_parser("keygen", help="create an identity (Ed25519 key, file mode 0600)")
+    k.add_argument("--out", type=Path, default=DEFAULT_KEY)
+    k.add_argument("--force", action="store_true", help="overwrite an existing key file")
+
+    n = sub.add_parser("node", help="run a node")
+    n.add_argument("--listen", type=_hostport, default=("127.0.0.1", 7700), metavar="HOST:PORT")
+    n.add_argument("--data", type=Path, required=True, help="data directory (SQLite, indexes)")
+    n.add_argument("--key", type=Path, default=DEFAULT_KEY, help="the node's identity file")
+    n.add_argument("--operator", action="append", default=[], metavar="AGENT_ID",
+                   help="agent id allowed to administer this node (repeatable; the node's own id always is)")
+    n.add_argument("--fsync", choices=["full", "normal"], default="full")
+    n.add_argument("--frame-bytes-max", type=int, default=None)
+    n.add_argument("--embedder", default="hash")
+    n.add_argument("--log-level", default="INFO")
+
+    def client_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--url", default=DEFAULT_URL)
+        sp.add_argument("--key", type=Path, default=DEFAULT_KEY)
+
+    s = sub.add_parser("store", help="store a memory")
+    client_opts(s)
+    s.add_argument("ns")
+    s.add_argument("content")
+    s.add_argument("--type", default="note", dest="memory_type")
+    s.add_argument("--meta", type=json.loads, default=None, help="metadata as JSON")
+    s.add_argument("--id", default=None)
+    s.add_argument("--ttl", type=float, default=None, help="seconds until it expires")
+
+    q = sub.add_parser("search", help="semantic search")
+    client_opts(q)
+    q.add_argument("query")
+    q.add_argument("--ns", action="append", default=None, help="namespace to search (repeatable)")
+    q.add_argument("--limit", type=int, default=10)
+    q.add_argument("--type", default=None, dest="memory_type")
+    q.add_argument("--expand", action="store_true", help="attach linked context to each hit")
+
+    sg = sub.add_parser("signal", help="signals: set/get")
+    sgs = sg.add_subparsers(dest="verb", required=True)
+    ss = sgs.add_parser("set")
+    client_opts(ss)
+    ss.add_argument("ns")
+    ss.add_argument("key")
+    ss.add_argument("value", type=_json_arg)
+    ss.add_argument("--ttl", type=float, default=None)
+    ss.add_argument("--if-version", type=int, default=None)
+    sgg = sgs.add_parser("get")
+    client_opts(sgg)
+    sgg.add_argument("ns")
+    sgg.add_argument("key")
+
+    st = sub.add_parser("state", help="agent state: publish/get")
+    sts = st.add_subparsers(dest="verb", required=True)
+    sp = sts.add_parser("publish")
+    client_opts(sp)
+    sp.add_argument("doc", type=_json_arg)
+    sgt = sts.add_parser("get")
+    client_opts(sgt)
+    sgt.add_argument("agent")
+
+    stats = sub.add_parser("stats", help="node statistics")
+    client_opts(stats)
+    return p
+
+
+async def _serve(args: argparse.Namespace) -> None:
+    from node.config import NodeConfig
+    from node.server import run_node
+    from node.service import Service
+
+    identity = Identity.load(args.key)
+    kw: dict[str, Any] = {"fsync": args.fsync, "embedder": args.embedder}
+    if args.frame_bytes_max:
+        kw["frame_bytes_max"] = args.frame_bytes_max
+    service = Service(NodeConfig(**kw), args.data, identity, operator_ids=frozenset(args.operator))
+    host, port = args.listen
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            bound = await nursery.start(run_node, service, host, port)
+            # One machine-readable line: launchers wait for it instead of polling the port.
+            print(f"LISTENING ws://{host}:{bound} {identity.agent_id}", flush=True)
+            async for _ in signals:
+                nursery.cancel_scope.cancel()
+                break
+
+
+async def _client_cmd(args: argparse.Namespace) -> Any:
+    from node.client import MemoryClient
+
+    identity = Identity.load(args.key)
+    async with MemoryClient(args.url, identity) as c:
+        if args.cmd == "store":
+            r = await c.store(args.ns, args.content, memory_type=args.memory_type, metadata=args.meta, id=args.id,
+                              ttl_s=args.ttl)
+            return {"id": r.id, "created": r.created, "duplicate": r.duplicate}
+        if args.cmd == "search":
+            filters: dict[str, Any] = {"expand": args.expand}
+            if args.memory_type:
+                filters["memory_type"] = args.memory_type
+            page = await c.search(args.query, namespaces=args.ns, limit=args.limit, **filters)
+            return {"hits": [{"id": m.id, "ns": m.ns, "score": round(m.score or 0.0, 4), "content": m.content,
+                              **({"context": m.context} if m.context else {})} for m in page.items],
+                    "truncated": page.truncated}
+        if args.cmd == "signal" and args.verb == "set":
+            return {"version": await c.signal_set(args.ns, args.key, args.value, ttl_s=args.ttl,
+                                                  if_version=args.if_version)}
+        if args.cmd == "signal":
+            s = await c.signal_get(args.ns, args.key)
+            return {"key": s.key, "value": s.value, "version": s.version, "writer": s.writer}
+        if args.cmd == "state" and args.verb == "publish":
+            return {"agent": c.agent_id, "version": await c.state_publish(args.doc)}
+        if args.cmd == "state":
+            return await c.state_get(args.agent)
+        return await c.stats()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.cmd == "keygen":
+            ident = Identity.generate()
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            ident.save(args.out, overwrite=args.force)
+            print(json.dumps({"agent_id": ident.agent_id, "key": str(args.out)}))
+            return 0
+        if args.cmd == "node":
+            logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+            trio.run(_serve, args)
+            return 0
+        out = trio.run(_client_cmd, args)
+        print(json.dumps(out, indent=2, ensure_ascii=False))
+        return 0
+    except MnemonetError as e:
+        print(json.dumps({"error": e.to_wire()}), file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
