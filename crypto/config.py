@@ -18,12 +18,13 @@ class EnvelopeConfig:
     # usually within a second; a minute tolerates a bad clock without letting a captured request be
     # replayed for long. The replay cache must remember nonces for this long, so it sets its size too.
     window_ms: int = 60_000
-    # Most (public key, nonce) pairs remembered. At ~240 B each the default costs ~60 MB and covers
+    # Most (public key, nonce) pairs remembered. At ~230 B each (measured) the default costs ~60 MB and covers
     # ~4.4k requests/s sustained over a full window; beyond that the cache sheds its oldest entries and
     # narrows the accepted window instead of forgetting (see ReplayCache), so it fails closed.
     replay_capacity: int = 262_144
-    # Parsed Ed25519 public keys kept in the verifier's LRU: parsing a key costs about as much as a
-    # third of a verify, and a node sees a bounded working set of active agents.
+    # Parsed Ed25519 public keys kept in the verifier's LRU, for a bounded working set of active agents.
+    # Measured: parsing costs ~1.5 us and a cache hit ~0.5 us against ~105-150 us per verify, so the
+    # cache saves under 1%; it is kept because it is cheap and bounded, not because it matters.
     key_cache_size: int = 4096
     # A nonce needs enough entropy to be unique per key inside the window: 8 chars of hex is 32 bits,
     # the least we accept; the default client nonce is 32 hex chars (128 bits). 64 bounds the memory a

@@ -165,7 +165,9 @@ def _fsync_dir(directory: str) -> None:
 
 
 class PublicKeyCache:
-    """An LRU of parsed Ed25519 public keys, because parsing a key costs measurable time per request.
+    """An LRU of parsed Ed25519 public keys, so a busy agent's key is parsed once, not per request.
+
+    Measured here: a parse costs ~1.5 us, a hit ~0.5 us, a verify ~105-150 us; the win is small.
 
     Thread-safe (the node may verify in worker threads); the lock covers only the dict, never a verify.
     Keys that fail to parse are not cached, so garbage cannot evict useful entries.
