@@ -1,0 +1,510 @@
+"""Log-structured vector index for one embedding space: exact buffer + sealed annoy segments.
+
+Owns the live vectors (by integer key, with a group code), candidate generation, exact re-rank,
+filtering with over-fetch, sealing/compaction and persistence; it must not know about SQLite,
+namespaces or text (the node maps keys to rows and passes ``accept`` for metadata filters).
+
+Layout: slots are rows of append-only arrays. Slots ``[0, sealed_upto)`` are covered by adjacent
+segments (each an annoy index over its slot range), ``[sealed_upto, n)`` is the buffer searched
+exactly. Removing a key only clears its ``alive`` bit (a tombstone until a rebuild drops it);
+re-adding a key appends a new slot. Heavy work (builds, vacuum copies) runs outside ``_lock``;
+searches take ``_lock`` only to copy a few references, and swaps are reference assignments.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable, Collection, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from crypto.errors import DimensionMismatch, InvalidArgument
+from node.vector_segment import (
+    MANIFEST,
+    SavedIndex,
+    Segment,
+    SegmentSpec,
+    load_index,
+    remove_unreferenced,
+    save_index,
+)
+
+log = logging.getLogger(__name__)
+
+Accept = Callable[[np.ndarray], np.ndarray]
+RebuildSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+
+
+@dataclass(frozen=True, slots=True)
+class VectorIndexConfig:
+    """Tuning of one index; defaults measured on 100k x 384 clustered vectors (bench/search.py)."""
+
+    buffer_max: int = 4096  # buffered (exactly searched) rows before needs_seal(): ~0.6 ms scan at 384 dims
+    n_trees: int = 20  # annoy trees per segment: recall rises with trees, build time linearly
+    projection_dim: int = 64  # annoy runs on a per-segment PCA to this many dims (0: full vectors)
+    search_k_per_item: float = 0.08  # annoy nodes inspected per query, as a fraction of sealed rows
+    search_k_min: int = 1500  # ... but at least this many (small indexes are nearly exhaustive)
+    fetch: int = 300  # annoy candidates re-ranked exactly per query (split across segments)
+    overfetch: float = 2.0  # extra candidate factor when groups/accept filter part of the results
+    fetch_growth: int = 4  # a filtered search that found fewer than k retries with fetch x this
+    exact_subset_max: int = 8192  # allowed rows at or below this are searched exactly, no annoy
+    accept_batch: int = 256  # keys per accept() call
+    segments_max: int = 8  # more segments than this are merged (each costs per-query overhead)
+    merge_ratio: float = 0.5  # merge a segment into its older neighbour once it is this fraction of it
+    dead_fraction_max: float = 0.25  # segments (and the slot arrays) are rebuilt above this tombstone share
+    seed: int = 1  # annoy and PCA sampling seed: same inputs -> same segments
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    """``hits``: (key, cosine) best first; every score is exact (re-ranked on the full vectors).
+
+    ``exhaustive`` is True when every allowed row was scored, so ``hits`` are the exact top-k;
+    False when candidates came from the approximate segments (a true neighbour may be missing).
+    Fewer than k hits means fewer than k rows pass the filters (the search retries until exhausted).
+    """
+
+    hits: list[tuple[int, float]]
+    exhaustive: bool
+
+
+@dataclass(frozen=True, slots=True)
+class _View:
+    vectors: np.ndarray
+    keys: np.ndarray
+    groups: np.ndarray
+    alive: np.ndarray
+    n: int
+    sealed_upto: int
+    segments: tuple[Segment, ...]
+    allowed: int  # live rows in the allowed groups when the view was taken
+    live: int
+
+
+class VectorIndex:
+    """All vectors of one embedding space, searchable by cosine. Thread-safe."""
+
+    def __init__(self, dim: int, directory: Path | None = None, config: VectorIndexConfig | None = None) -> None:
+        if dim <= 0:
+            raise InvalidArgument("dim must be positive", dim=dim)
+        self.dim = dim
+        self.directory = directory
+        self.config = config or VectorIndexConfig()
+        self.spec = SegmentSpec(self.config.n_trees, self.config.projection_dim, self.config.seed)
+        self._lock = threading.Lock()  # guards every field below; held only for O(batch) work
+        self._build_lock = threading.Lock()  # one seal/compact/vacuum at a time
+        self._save_lock = threading.Lock()
+        self._vectors: np.ndarray
+        self._keys: np.ndarray
+        self._groups: np.ndarray
+        self._alive: np.ndarray
+        self._n: int
+        self._sealed_upto: int
+        self._segments: tuple[Segment, ...]
+        self._slot_of: dict[int, int]
+        self._group_live: dict[int, int]
+        self._clear()
+        self.watermark: int | None = None  # what save() stored; None when nothing was loaded
+        self.load_error: str | None = None
+        self._stats = {"seal_ms_last": 0.0, "compact_ms_last": 0.0, "seals": 0, "merges": 0,
+                       "vacuums": 0, "searches": 0, "exact_searches": 0, "retries": 0}
+        if directory is not None:
+            directory.mkdir(parents=True, exist_ok=True)
+            try:
+                self._restore(load_index(directory, dim, self.spec))
+            except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
+                self.load_error = f"{type(exc).__name__}: {exc}"
+                if (directory / MANIFEST).exists():
+                    log.warning("vector index in %s unusable (%s); it must be rebuilt", directory, exc)
+                self._clear()
+
+    @classmethod
+    def open(
+        cls, dim: int, directory: Path | None, config: VectorIndexConfig | None, rebuild: RebuildSource,
+        *, watermark: int | None = None,
+    ) -> VectorIndex:
+        """Load from ``directory``; if nothing usable was saved, or the saved watermark differs from
+        ``watermark`` (when given), start empty and add every batch ``rebuild()`` yields
+        (keys, vectors, groups), then seal it all as one segment."""
+        index = cls(dim, directory, config)
+        if index.watermark is not None and (watermark is None or index.watermark == watermark):
+            return index
+        index._clear()
+        for keys, vectors, groups in rebuild():
+            index.add_many(keys, vectors, groups)
+        index.seal()
+        index.watermark = watermark
+        return index
+
+    # ---- writes -------------------------------------------------------------------------------
+
+    def add(self, key: int, vector: np.ndarray, group: int) -> None:
+        """Insert or replace ``key``; the vector is normalised (a zero vector is InvalidArgument)."""
+        self.add_many(np.array([key], dtype=np.int64), np.asarray(vector).reshape(1, -1),
+                      np.array([group], dtype=np.int64))
+
+    def add_many(self, keys: np.ndarray | Iterable[int], vectors: np.ndarray, groups: np.ndarray | Iterable[int]) -> None:
+        keys_arr = np.asarray(list(keys) if not isinstance(keys, np.ndarray) else keys, dtype=np.int64).ravel()
+        groups_arr = np.asarray(list(groups) if not isinstance(groups, np.ndarray) else groups, dtype=np.int64).ravel()
+        vecs = np.asarray(vectors, dtype=np.float32)
+        if vecs.ndim != 2 or vecs.shape[1] != self.dim:
+            raise DimensionMismatch(f"expected vectors of dimension {self.dim}", expected=self.dim,
+                                    got=int(vecs.shape[-1]) if vecs.ndim else 0)
+        if not (len(keys_arr) == len(groups_arr) == vecs.shape[0]):
+            raise InvalidArgument("keys, vectors and groups differ in length")
+        norms = np.linalg.norm(vecs, axis=1)
+        if not np.all(np.isfinite(norms)) or np.any(norms == 0.0):
+            raise InvalidArgument("vectors must be finite and non-zero")
+        vecs = vecs / norms[:, None]
+        # Within one batch the last occurrence of a key wins.
+        _, last = np.unique(keys_arr[::-1], return_index=True)
+        keep = np.sort(len(keys_arr) - 1 - last)
+        keys_arr, groups_arr, vecs = keys_arr[keep], groups_arr[keep], vecs[keep]
+        with self._lock:
+            self._reserve(len(keys_arr))
+            start = self._n
+            for key, group in zip(keys_arr.tolist(), groups_arr.tolist(), strict=True):
+                self._kill(key)
+                self._group_live[group] = self._group_live.get(group, 0) + 1
+            stop = start + len(keys_arr)
+            self._vectors[start:stop] = vecs
+            self._keys[start:stop] = keys_arr
+            self._groups[start:stop] = groups_arr
+            self._alive[start:stop] = True
+            self._slot_of.update(zip(keys_arr.tolist(), range(start, stop), strict=True))
+            self._n = stop
+
+    def remove(self, key: int) -> None:
+        """Forget ``key`` (no error if absent); it is never returned by a later search."""
+        with self._lock:
+            self._kill(int(key))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._slot_of
+
+    def __len__(self) -> int:
+        return len(self._slot_of)
+
+    # ---- search -------------------------------------------------------------------------------
+
+    def search(self, query: np.ndarray, k: int, *, groups: Collection[int] | None = None,
+               accept: Accept | None = None) -> SearchResult:
+        """Top ``k`` live keys by cosine to ``query`` whose group is in ``groups`` (all if None) and
+        for which ``accept(keys) -> bool mask`` holds (called with batches of candidate keys)."""
+        q = np.asarray(query, dtype=np.float32).ravel()
+        if q.shape[0] != self.dim:
+            raise DimensionMismatch(f"expected a query of dimension {self.dim}", expected=self.dim, got=q.shape[0])
+        norm = float(np.linalg.norm(q))
+        if not math.isfinite(norm) or norm == 0.0:
+            raise InvalidArgument("query vector must be finite and non-zero")
+        q = q / norm
+        group_arr = None if groups is None else np.fromiter((int(g) for g in groups), dtype=np.int64)
+        view = self._view(group_arr)
+        self._stats["searches"] += 1
+        if k <= 0 or view.allowed == 0:
+            return SearchResult([], True)
+        cfg = self.config
+        sealed_items = sum(s.items for s in view.segments)
+        if view.allowed <= cfg.exact_subset_max or sealed_items == 0:
+            return self._exact(view, q, k, group_arr, accept)
+        selectivity = view.allowed / max(view.live, 1)
+        factor = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
+        fetch = max(cfg.fetch, k) * factor
+        search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * factor
+        while fetch < sealed_items / 2:
+            slots = self._candidates(view, q, int(fetch), int(search_k), sealed_items)
+            mask = view.alive[slots]
+            if group_arr is not None:
+                mask &= np.isin(view.groups[slots], group_arr)
+            slots = slots[mask]
+            hits = _select(view.keys[slots], view.vectors[slots] @ q, k, accept, cfg.accept_batch)
+            if len(hits) >= k:
+                return SearchResult(hits, False)
+            self._stats["retries"] += 1
+            fetch *= cfg.fetch_growth
+            search_k *= cfg.fetch_growth
+        return self._exact(view, q, k, group_arr, accept)
+
+    def _view(self, group_arr: np.ndarray | None) -> _View:
+        with self._lock:
+            live = len(self._slot_of)
+            allowed = live if group_arr is None else sum(self._group_live.get(g, 0) for g in set(group_arr.tolist()))
+            return _View(self._vectors, self._keys, self._groups, self._alive, self._n,
+                         self._sealed_upto, self._segments, allowed, live)
+
+    def _candidates(self, view: _View, q: np.ndarray, fetch: int, search_k: int, sealed_items: int) -> np.ndarray:
+        parts = [np.arange(view.sealed_upto, view.n, dtype=np.int64)]  # the buffer, scored exactly
+        for seg in view.segments:
+            share = seg.items / sealed_items
+            count = min(seg.items, max(16, math.ceil(fetch * share)))
+            parts.append(seg.candidates(q, count, max(math.ceil(search_k * share), count)))
+        return np.concatenate(parts)
+
+    def _exact(self, view: _View, q: np.ndarray, k: int, group_arr: np.ndarray | None,
+               accept: Accept | None) -> SearchResult:
+        self._stats["exact_searches"] += 1
+        mask = view.alive[: view.n]
+        if group_arr is not None:
+            mask = mask & np.isin(view.groups[: view.n], group_arr)
+        if view.allowed * 4 < view.n:
+            slots = np.flatnonzero(mask)
+            scores = view.vectors[slots] @ q
+        else:  # most rows qualify: one contiguous matrix-vector product beats a gather
+            slots = np.flatnonzero(mask)
+            scores = (view.vectors[: view.n] @ q)[slots]
+        return SearchResult(_select(view.keys[slots], scores, k, accept, self.config.accept_batch), True)
+
+    # ---- sealing, compaction ------------------------------------------------------------------
+
+    def needs_seal(self) -> bool:
+        return self._n - self._sealed_upto >= self.config.buffer_max
+
+    def seal(self) -> None:
+        """Build a segment over the whole buffer (heavy: call from a worker thread), then swap it in."""
+        with self._build_lock:
+            started = time.perf_counter()
+            with self._lock:
+                start, stop = self._sealed_upto, self._n
+                vectors, alive = self._vectors, self._alive[start:stop].copy()
+            if stop == start:
+                return
+            segment = Segment.build(vectors[start:stop], alive, start, self.spec, self.directory)
+            with self._lock:
+                self._segments = (*self._segments, segment)
+                self._sealed_upto = stop
+                self._stats["seals"] += 1
+                self._stats["seal_ms_last"] = (time.perf_counter() - started) * 1e3
+            self._grow_ahead()
+
+    def needs_compact(self) -> bool:
+        return self._merge_plan() is not None or self._vacuum_due()
+
+    def compact(self) -> None:
+        """Merge segments until the policy is met and drop tombstones (heavy: worker thread)."""
+        with self._build_lock:
+            started = time.perf_counter()
+            if self._vacuum_due():
+                self._vacuum()
+            while (plan := self._merge_plan()) is not None:
+                first, last = plan
+                with self._lock:
+                    old = self._segments[first : last + 1]
+                    start, stop = old[0].start, old[-1].stop
+                    vectors, alive = self._vectors, self._alive[start:stop].copy()
+                merged = Segment.build(vectors[start:stop], alive, start, self.spec, self.directory)
+                with self._lock:
+                    self._segments = (*self._segments[:first], merged, *self._segments[last + 1 :])
+                    self._stats["merges"] += 1
+            self._stats["compact_ms_last"] = (time.perf_counter() - started) * 1e3
+
+    def _merge_plan(self) -> tuple[int, int] | None:
+        """(first, last) adjacent segments to rebuild as one, or None when the policy holds."""
+        with self._lock:
+            segs, alive = self._segments, self._alive
+        if not segs:
+            return None
+        live = [int(alive[s.start : s.stop].sum()) for s in segs]
+        cfg = self.config
+        for i, seg in enumerate(segs):
+            if seg.items and (seg.items - live[i]) > cfg.dead_fraction_max * seg.items:
+                return (i - 1, i) if i > 0 and live[i - 1] < live[i] else (i, i)
+        # Binomial-heap style tiers: the newest segment joins its predecessor once comparable.
+        for i in range(len(segs) - 1, 0, -1):
+            if live[i] >= cfg.merge_ratio * live[i - 1]:
+                return (i - 1, i)
+        if len(segs) > cfg.segments_max:
+            pair = min(range(len(segs) - 1), key=lambda j: live[j] + live[j + 1])
+            return (pair, pair + 1)
+        return None
+
+    # ---- storage internals (callers hold _lock unless noted) ---------------------------------
+
+    def _clear(self) -> None:
+        capacity = 1024
+        self._vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        self._keys = np.empty(capacity, dtype=np.int64)
+        self._groups = np.empty(capacity, dtype=np.int64)
+        self._alive = np.zeros(capacity, dtype=bool)
+        self._n = 0
+        self._sealed_upto = 0
+        self._segments = ()
+        self._slot_of = {}
+        self._group_live = {}
+
+    def _kill(self, key: int) -> None:
+        slot = self._slot_of.pop(key, None)
+        if slot is not None:
+            self._alive[slot] = False
+            group = int(self._groups[slot])
+            self._group_live[group] -= 1
+            if not self._group_live[group]:
+                del self._group_live[group]
+
+    def _reserve(self, extra: int) -> None:
+        if self._n + extra > len(self._keys):
+            self._resize(max(2 * len(self._keys), self._n + extra))
+
+    def _resize(self, capacity: int) -> None:
+        n = self._n
+        vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        vectors[:n] = self._vectors[:n]
+        keys, groups, alive = (np.empty(capacity, np.int64), np.empty(capacity, np.int64),
+                               np.zeros(capacity, dtype=bool))
+        keys[:n], groups[:n], alive[:n] = self._keys[:n], self._groups[:n], self._alive[:n]
+        self._vectors, self._keys, self._groups, self._alive = vectors, keys, groups, alive
+
+    def _grow_ahead(self) -> None:
+        """Called from the worker after a seal: grow the arrays now so that add() on the event
+        loop rarely has to copy them. The big copy runs outside the lock (rows below n are
+        immutable); only the rows and alive bits written meanwhile are copied under it."""
+        with self._lock:
+            n, capacity = self._n, len(self._keys)
+            if n + 4 * self.config.buffer_max <= capacity:
+                return
+            vectors, keys, groups = self._vectors, self._keys, self._groups
+        new_capacity = max(2 * capacity, n + 8 * self.config.buffer_max)
+        new_vectors = np.empty((new_capacity, self.dim), dtype=np.float32)
+        new_vectors[:n] = vectors[:n]
+        new_keys, new_groups = np.empty(new_capacity, np.int64), np.empty(new_capacity, np.int64)
+        new_keys[:n], new_groups[:n] = keys[:n], groups[:n]
+        with self._lock:
+            if self._vectors is not vectors:  # someone resized meanwhile: keep theirs
+                return
+            m = self._n
+            new_vectors[n:m], new_keys[n:m], new_groups[n:m] = vectors[n:m], keys[n:m], groups[n:m]
+            new_alive = np.zeros(new_capacity, dtype=bool)
+            new_alive[:m] = self._alive[:m]
+            self._vectors, self._keys, self._groups, self._alive = new_vectors, new_keys, new_groups, new_alive
+
+    def _vacuum_due(self) -> bool:
+        with self._lock:
+            dead = self._n - len(self._slot_of)
+            return self._n >= 1024 and dead > self.config.dead_fraction_max * self._n
+
+    def _vacuum(self) -> None:
+        """Rewrite the arrays without tombstones and reseal them as one segment (under _build_lock)."""
+        with self._lock:
+            n0, sealed0 = self._n, self._sealed_upto
+            vectors, keys, groups, alive0 = self._vectors, self._keys, self._groups, self._alive[:n0].copy()
+        live = np.flatnonzero(alive0)
+        m, m_sealed = int(live.size), int(np.searchsorted(live, sealed0))
+        capacity = max(1024, m + 8 * self.config.buffer_max)
+        new_vectors = np.empty((capacity, self.dim), dtype=np.float32)
+        new_vectors[:m] = vectors[live]
+        new_keys, new_groups = np.empty(capacity, np.int64), np.empty(capacity, np.int64)
+        new_keys[:m], new_groups[:m] = keys[live], groups[live]
+        segment = Segment.build(new_vectors[:m_sealed], np.ones(m_sealed, dtype=bool), 0, self.spec, self.directory)
+        slot_of = dict(zip(new_keys[:m].tolist(), range(m), strict=True))
+        with self._lock:
+            tail = self._n - n0
+            if m + tail > capacity:
+                return  # a huge batch arrived meanwhile; try again at the next compact
+            cur_vectors, cur_keys, cur_groups, cur_alive = self._vectors, self._keys, self._groups, self._alive
+            new_alive = np.zeros(capacity, dtype=bool)
+            new_alive[:m] = cur_alive[live]
+            for i in np.flatnonzero(~new_alive[:m]).tolist():  # removed while we were building
+                key = int(new_keys[i])
+                if slot_of.get(key) == i:
+                    del slot_of[key]
+            new_vectors[m : m + tail] = cur_vectors[n0 : self._n]
+            new_keys[m : m + tail], new_groups[m : m + tail] = cur_keys[n0 : self._n], cur_groups[n0 : self._n]
+            new_alive[m : m + tail] = cur_alive[n0 : self._n]
+            for offset in np.flatnonzero(new_alive[m : m + tail]).tolist():
+                slot_of[int(new_keys[m + offset])] = m + offset
+            self._vectors, self._keys, self._groups, self._alive = new_vectors, new_keys, new_groups, new_alive
+            self._n, self._sealed_upto, self._segments, self._slot_of = m + tail, m_sealed, (segment,), slot_of
+            self._stats["vacuums"] += 1
+
+    # ---- persistence, statistics ---------------------------------------------------------------
+
+    def save(self, watermark: int = 0) -> None:
+        """Persist to ``directory`` (atomic: a manifest written last names every file); ``watermark``
+        is stored as given (e.g. the store's last change number) and read back as ``.watermark``."""
+        if self.directory is None:
+            return
+        with self._save_lock:
+            with self._lock:
+                n = self._n
+                arrays: dict[str, np.ndarray] = {"vectors": self._vectors[:n], "keys": self._keys[:n], "groups": self._groups[:n],
+                          "alive": self._alive[:n].copy()}
+                segments = self._segments
+            keep = save_index(self.directory, self.dim, self.spec, arrays, segments, watermark)
+            self.watermark = watermark
+            # Under _build_lock: a segment being built now has files on disk but is not live yet.
+            with self._build_lock:
+                with self._lock:
+                    keep |= {name for seg in self._segments for name in seg.files}
+                remove_unreferenced(self.directory, keep)
+
+    def _restore(self, loaded: SavedIndex) -> None:
+        n = loaded.keys.shape[0]
+        self._clear()
+        self._resize(max(1024, n + 8 * self.config.buffer_max))
+        self._vectors[:n], self._keys[:n], self._groups[:n] = loaded.vectors, loaded.keys, loaded.groups
+        self._alive[:n] = loaded.alive
+        self._n, self._sealed_upto, self._segments = n, loaded.sealed_upto, loaded.segments
+        live = np.flatnonzero(loaded.alive)
+        self._slot_of = dict(zip(loaded.keys[live].tolist(), live.tolist(), strict=True))
+        if len(self._slot_of) != live.size:
+            raise ValueError("duplicate live keys")
+        values, counts = np.unique(loaded.groups[live], return_counts=True)
+        self._group_live = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        self.watermark = loaded.watermark
+
+    def statistics(self) -> dict[str, object]:
+        with self._lock:
+            out: dict[str, object] = {
+                "items": len(self._slot_of), "slots": self._n, "buffer": self._n - self._sealed_upto,
+                "segments": [s.items for s in self._segments], "tombstones": self._n - len(self._slot_of),
+                "groups": len(self._group_live), "dim": self.dim,
+            }
+        out.update(self._stats)
+        return out
+
+
+def _select(keys: np.ndarray, scores: np.ndarray, k: int, accept: Accept | None, batch: int) -> list[tuple[int, float]]:
+    """Best ``k`` (key, score) by score (ties by key) among those ``accept`` keeps.
+
+    Ranks progressively (argpartition on a growing prefix) so a selective ``accept`` on many
+    candidates does not sort them all; each candidate is offered to ``accept`` at most once.
+    """
+    total = scores.shape[0]
+    if total == 0:
+        return []
+    if accept is None:
+        top = _top(keys, scores, min(k, total))
+        return list(zip(keys[top].tolist(), scores[top].astype(float).tolist(), strict=True))
+    chosen: list[int] = []
+    offered = np.zeros(total, dtype=bool)
+    width = min(total, max(2 * k, batch))
+    while True:
+        top = _top(keys, scores, width)
+        top = top[~offered[top]]
+        offered[top] = True
+        for lo in range(0, top.size, batch):
+            part = top[lo : lo + batch]
+            mask = np.asarray(accept(keys[part]), dtype=bool)
+            chosen.extend(part[mask].tolist())
+            if len(chosen) >= k:
+                break
+        if len(chosen) >= k or width >= total:
+            break
+        width = min(total, width * 4)
+    picked = np.asarray(chosen, dtype=np.intp)
+    order = np.lexsort((keys[picked], -scores[picked]))[:k]
+    picked = picked[order]
+    return list(zip(keys[picked].tolist(), scores[picked].astype(float).tolist(), strict=True))
+
+
+def _top(keys: np.ndarray, scores: np.ndarray, width: int) -> np.ndarray:
+    """Indices of the ``width`` best scores, sorted by (score desc, key asc)."""
+    if width < scores.shape[0]:
+        part = np.argpartition(-scores, width - 1)[:width]
+    else:
+        part = np.arange(scores.shape[0])
+    return part[np.lexsort((keys[part], -scores[part]))]
