@@ -216,7 +216,7 @@ class VectorIndex:
         factor = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
         fetch = max(cfg.fetch, k) * factor
         search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * factor
-        while fetch < sealed_items / 2:
+        while fetch < sealed_items:
             slots = self._candidates(view, q, int(fetch), int(search_k), sealed_items)
             mask = view.alive[slots]
             if group_arr is not None:

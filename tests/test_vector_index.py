@@ -1,0 +1,313 @@
+"""VectorIndex: exactness of the buffer, recall after sealing, tombstones, filters, persistence,
+concurrency of search with seal/compact, and a stateful property against a brute-force model."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from bench.datasets import clustered
+from crypto.errors import DimensionMismatch, InvalidArgument
+from node.vector_index import SearchResult, VectorIndex, VectorIndexConfig
+
+DIM = 32
+SMALL = VectorIndexConfig(buffer_max=64, n_trees=8, projection_dim=16, exact_subset_max=0, fetch=40,
+                          search_k_min=400)
+
+
+def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def brute(vectors: dict[int, np.ndarray], groups: dict[int, int], q: np.ndarray, k: int,
+          allowed: set[int] | None = None) -> list[tuple[int, float]]:
+    q = q / np.linalg.norm(q)
+    scored = [(key, float(vec @ q)) for key, vec in vectors.items() if allowed is None or groups[key] in allowed]
+    return sorted(scored, key=lambda kv: (-kv[1], kv[0]))[:k]
+
+
+def filled(n: int, cfg: VectorIndexConfig = SMALL, seed: int = 0, directory: Path | None = None,
+           groups: int = 1) -> tuple[VectorIndex, np.ndarray]:
+    data = clustered(n, DIM, seed, clusters=max(4, n // 100), rank=4)
+    index = VectorIndex(DIM, directory, cfg)
+    index.add_many(np.arange(n), data, np.arange(n) % groups)
+    return index, data
+
+
+def test_buffer_only_search_is_exact() -> None:
+    rng = np.random.default_rng(1)
+    vecs = unit(rng, 500)
+    index = VectorIndex(DIM, None, VectorIndexConfig(buffer_max=10_000))
+    index.add_many(range(500), vecs, [0] * 500)
+    model = {i: vecs[i] for i in range(500)}
+    for q in unit(rng, 20):
+        result = index.search(q, 10)
+        assert result.exhaustive
+        expected = brute(model, dict.fromkeys(model, 0), q, 10)
+        assert [k for k, _ in result.hits] == [k for k, _ in expected]
+        np.testing.assert_allclose([s for _, s in result.hits], [s for _, s in expected], rtol=1e-5)
+
+
+def test_recall_after_sealing_clustered_data() -> None:
+    cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=0)
+    data = clustered(5200, 64, 3)
+    base, queries = data[:5000], data[5000:]
+    index = VectorIndex(64, None, cfg)
+    for lo in range(0, 5000, 1000):
+        index.add_many(np.arange(lo, lo + 1000), base[lo : lo + 1000], np.zeros(1000, dtype=np.int64))
+        if index.needs_seal():
+            index.seal()
+        while index.needs_compact():
+            index.compact()
+    index.seal()
+    assert index.statistics()["buffer"] == 0 and index.statistics()["segments"]
+    found = 0
+    for q in queries:
+        truth = set(np.argsort(-(base @ q))[:10].tolist())
+        result = index.search(q, 10)
+        assert not result.exhaustive
+        found += len(truth & {k for k, _ in result.hits})
+    assert found / (10 * len(queries)) >= 0.95
+
+
+def test_removed_keys_never_come_back_and_replaced_keys_use_the_new_vector() -> None:
+    index, data = filled(600)
+    index.seal()
+    for key in range(0, 600, 2):
+        index.remove(key)
+    index.remove(10_000)  # absent: no error
+    assert len(index) == 300 and 2 not in index and 3 in index
+    index.add(3, -data[3], 0)
+    for q in data[:50]:
+        hits = index.search(q, 20).hits
+        assert all(key % 2 == 1 for key, _ in hits)
+    top = index.search(-data[3], 1).hits[0]
+    assert top[0] == 3 and top[1] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_group_and_accept_filters() -> None:
+    index, data = filled(900, groups=3)
+    index.seal()
+    for q in data[:30]:
+        result = index.search(q, 15, groups={1}, accept=lambda keys: keys % 2 == 0)
+        assert len(result.hits) == 15
+        assert all(key % 3 == 1 and key % 2 == 0 for key, _ in result.hits)
+    assert index.search(data[0], 5, groups={7}).hits == []
+    # A filter that leaves fewer than k rows: the search widens until it has seen every row.
+    result = index.search(data[0], 10, accept=lambda keys: keys < 4)
+    assert sorted(k for k, _ in result.hits) == [0, 1, 2, 3] and result.exhaustive
+
+
+def test_exact_subset_path_for_small_groups() -> None:
+    cfg = VectorIndexConfig(buffer_max=64, n_trees=4, projection_dim=8, exact_subset_max=100)
+    index, data = filled(800, cfg, groups=10)
+    index.seal()
+    model = {i: data[i] for i in range(800) if i % 10 == 4}
+    result = index.search(data[4], 10, groups=[4])
+    assert result.exhaustive
+    assert [k for k, _ in result.hits] == [k for k, _ in brute(model, {}, data[4], 10)]
+
+
+def test_dimension_and_value_errors() -> None:
+    index = VectorIndex(DIM, None, SMALL)
+    with pytest.raises(DimensionMismatch):
+        index.add(1, np.ones(DIM + 1), 0)
+    with pytest.raises(DimensionMismatch):
+        index.search(np.ones(DIM - 1), 3)
+    with pytest.raises(InvalidArgument):
+        index.add(1, np.zeros(DIM), 0)
+    with pytest.raises(InvalidArgument):
+        index.search(np.zeros(DIM), 3)
+    with pytest.raises(InvalidArgument):
+        index.add_many([1, 2], np.ones((1, DIM)), [0, 0])
+    assert index.search(np.ones(DIM), 3) == SearchResult([], True)
+
+
+def test_persistence_round_trip(tmp_path: Path) -> None:
+    index, data = filled(700, directory=tmp_path, groups=2)
+    index.seal()
+    index.add_many(range(700, 720), data[:20], [0] * 20)  # stays in the buffer
+    for key in range(0, 100, 3):
+        index.remove(key)
+    index.save(watermark=42)
+    again = VectorIndex(DIM, tmp_path, SMALL)
+    assert again.load_error is None and again.watermark == 42 and len(again) == len(index)
+    for q in data[100:130]:
+        assert again.search(q, 10, groups={1}) == index.search(q, 10, groups={1})
+    # A second save replaces the files and deletes the ones nobody references any more.
+    index.compact()
+    index.save(watermark=43)
+    assert VectorIndex(DIM, tmp_path, SMALL).watermark == 43
+    names = {p.name for p in tmp_path.iterdir()}
+    assert len([n for n in names if n.startswith("vectors-")]) == 1
+
+
+@pytest.mark.parametrize("damage", ["manifest", "ann", "npy"])
+def test_damaged_files_lead_to_a_rebuild(tmp_path: Path, damage: str) -> None:
+    index, data = filled(400, directory=tmp_path)
+    index.seal()
+    index.save(watermark=5)
+    manifest = tmp_path / "manifest.json"
+    if damage == "manifest":
+        manifest.write_text("{not json")
+    else:
+        meta = json.loads(manifest.read_text())
+        name = (meta["segments"][0]["name"] + ".ann") if damage == "ann" else meta["arrays"]["vectors"][0]
+        raw = bytearray((tmp_path / name).read_bytes())
+        raw[len(raw) // 2] ^= 0xFF
+        (tmp_path / name).write_bytes(bytes(raw))
+    broken = VectorIndex(DIM, tmp_path, SMALL)
+    assert broken.load_error is not None and len(broken) == 0
+    calls = []
+
+    def rebuild():  # the node would read these from SQLite
+        calls.append(1)
+        yield np.arange(400), data, np.zeros(400, dtype=np.int64)
+
+    rebuilt = VectorIndex.open(DIM, tmp_path, SMALL, rebuild, watermark=5)
+    assert calls and len(rebuilt) == 400 and rebuilt.statistics()["buffer"] == 0
+    assert rebuilt.search(data[7], 1).hits[0][0] == 7
+
+
+def test_open_rebuilds_when_the_watermark_is_stale(tmp_path: Path) -> None:
+    index, data = filled(200, directory=tmp_path)
+    index.save(watermark=1)
+    reopened = VectorIndex.open(DIM, tmp_path, SMALL, lambda: iter(()), watermark=1)
+    assert len(reopened) == 200  # up to date: loaded, no rebuild
+    stale = VectorIndex.open(DIM, tmp_path, SMALL, lambda: iter([(np.arange(3), data[:3], np.zeros(3))]),
+                             watermark=2)
+    assert len(stale) == 3
+
+
+def test_vacuum_drops_tombstones_and_keeps_results() -> None:
+    index, data = filled(1200)
+    index.seal()
+    while index.needs_compact():
+        index.compact()
+    for key in range(0, 1200, 3):
+        index.remove(key)
+    for key in range(1, 1200, 3):
+        index.remove(key)
+    assert index.needs_compact()
+    index.compact()
+    stats = index.statistics()
+    assert stats["tombstones"] == 0 and stats["items"] == 400 and stats["vacuums"] == 1
+    for q in data[2:60:3]:
+        hits = index.search(q, 5).hits
+        assert hits[0][1] == pytest.approx(1.0, abs=1e-5)
+        assert all(k % 3 == 2 for k, _ in hits)
+
+
+def test_searches_during_seal_and_compact_see_every_item() -> None:
+    cfg = VectorIndexConfig(buffer_max=64, n_trees=10, projection_dim=16, exact_subset_max=0)
+    index, data = filled(12_000, cfg)
+    errors: list[BaseException] = []
+
+    def build() -> None:
+        try:
+            index.seal()
+            while index.needs_compact():
+                index.compact()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    worker = threading.Thread(target=build)
+    worker.start()
+    extra = clustered(200, DIM, 9)
+    i = 0
+    while worker.is_alive() or i < 200:
+        key = (i * 7919) % 12_000
+        top = index.search(data[key], 3).hits[0]  # a stored vector finds itself in buffer or segment
+        assert top[0] == key and top[1] == pytest.approx(1.0, abs=1e-5)
+        if i < 200:
+            index.add(100_000 + i, extra[i], 0)
+        i += 1
+    worker.join()
+    assert not errors and len(index) == 12_200 and i > 200
+    for j in range(0, 200, 7):
+        assert index.search(extra[j], 1).hits[0][0] == 100_000 + j
+
+
+class IndexMatchesModel(RuleBasedStateMachine):
+    """Random add/remove/seal/compact/search against a dict of vectors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        cfg = VectorIndexConfig(buffer_max=8, n_trees=3, projection_dim=4, exact_subset_max=6, fetch=4,
+                                search_k_min=20, segments_max=3, accept_batch=4)
+        self.index = VectorIndex(8, None, cfg)
+        self.vectors: dict[int, np.ndarray] = {}
+        self.groups: dict[int, int] = {}
+        self.sealed_once = False
+
+    @rule(key=st.integers(0, 120), group=st.integers(0, 2), seed=st.integers(0, 2**16))
+    def add(self, key: int, group: int, seed: int) -> None:
+        vec = unit(np.random.default_rng(seed), 1, 8)[0]
+        self.index.add(key, vec, group)
+        self.vectors[key], self.groups[key] = vec, group
+
+    @rule(seed=st.integers(0, 2**16), count=st.integers(1, 40))
+    def add_batch(self, seed: int, count: int) -> None:
+        rng = np.random.default_rng(seed)
+        keys = rng.integers(0, 121, count)
+        groups = rng.integers(0, 3, count)
+        vecs = unit(rng, count, 8)
+        self.index.add_many(keys, vecs, groups)
+        for key, vec, group in zip(keys.tolist(), vecs, groups.tolist(), strict=True):
+            self.vectors[key], self.groups[key] = vec, group  # the last duplicate in a batch wins
+
+    @rule(key=st.integers(0, 120))
+    def remove(self, key: int) -> None:
+        self.index.remove(key)
+        self.vectors.pop(key, None)
+        self.groups.pop(key, None)
+
+    @rule()
+    def seal(self) -> None:
+        self.index.seal()
+        self.sealed_once = True
+
+    @precondition(lambda self: self.sealed_once)
+    @rule()
+    def compact(self) -> None:
+        self.index.compact()
+
+    @rule(seed=st.integers(0, 2**16), k=st.integers(1, 12),
+          allowed=st.one_of(st.none(), st.sets(st.integers(0, 2), max_size=3)), odd_only=st.booleans())
+    def search(self, seed: int, k: int, allowed: set[int] | None, odd_only: bool) -> None:
+        q = unit(np.random.default_rng(seed), 1, 8)[0]
+        accept = (lambda keys: keys % 2 == 1) if odd_only else None
+        result = self.index.search(q, k, groups=allowed, accept=accept)
+        eligible = {key: v for key, v in self.vectors.items() if not odd_only or key % 2 == 1}
+        expected = brute(eligible, self.groups, q, k, allowed)
+        keys = [key for key, _ in result.hits]
+        assert len(set(keys)) == len(keys)
+        assert len(keys) == len(expected)  # retries until k found or every row was seen
+        for key, score in result.hits:
+            assert key in self.vectors, "a removed key was returned"
+            assert allowed is None or self.groups[key] in allowed
+            assert not odd_only or key % 2 == 1
+            assert score == pytest.approx(float(self.vectors[key] @ q), abs=1e-5)
+        scores = [s for _, s in result.hits]
+        assert scores == sorted(scores, reverse=True)
+        if result.exhaustive:
+            np.testing.assert_allclose(scores, [s for _, s in expected], atol=1e-5)
+        if self.index.statistics()["segments"] == []:
+            assert result.exhaustive
+
+    @invariant()
+    def sizes_agree(self) -> None:
+        assert len(self.index) == len(self.vectors)
+        assert all(key in self.index for key in self.vectors)
+
+
+IndexMatchesModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
+TestIndexMatchesModel = IndexMatchesModel.TestCase
