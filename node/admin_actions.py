@@ -80,9 +80,9 @@ async def grant_revoke(svc: Service, req: Request, session: Session) -> Any:
     svc.policy.revoke(rev)  # raises BadSignature unless the namespace owner signed it
 
     def put(conn: Any) -> Applied[dict[str, Any]]:
-        conn.execute("INSERT INTO revocations(gid, ns, token) VALUES(?,?,?) ON CONFLICT(gid) DO NOTHING",
-                     (rev.gid, rev.ns, rev.token))
-        conn.execute("DELETE FROM grants WHERE gid=?", (rev.gid,))
+        conn.execute("INSERT INTO revocations(ns, gid, token) VALUES(?,?,?) ON CONFLICT(ns, gid) DO NOTHING",
+                     (rev.ns, rev.gid, rev.token))
+        conn.execute("DELETE FROM grants WHERE gid=? AND ns=?", (rev.gid, rev.ns))
         return Applied({"gid": rev.gid, "revoked": True})
 
     return await svc.db.write(put)

@@ -18,7 +18,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, connect_websocket_url
 
 from crypto.envelope import sign_request
-from crypto.errors import MnemonetError, Unavailable, error_from_wire
+from crypto.errors import MnemonetError, TooLarge, Unavailable, error_from_wire
 from crypto.identity import Identity
 from node.codec import decode_frame, encode_frame
 
@@ -149,7 +149,8 @@ class MemoryClient:
     """
 
     def __init__(self, url: str, identity: Identity, *, binary: bool = True, timeout_s: float = 30.0,
-                 grants: Iterable[str] = (), connect_timeout_s: float = 10.0, watch_buffer_max: int = 1024) -> None:
+                 grants: Iterable[str] = (), connect_timeout_s: float = 10.0, watch_buffer_max: int = 1024,
+                 frame_bytes_max: int = 1024 * 1024) -> None:
         self.url = url
         self.identity = identity
         self.binary = binary
@@ -157,6 +158,8 @@ class MemoryClient:
         self.connect_timeout_s = connect_timeout_s
         self.grants = list(grants)
         self.watch_buffer_max = watch_buffer_max
+        # The node's limit (NodeConfig.frame_bytes_max): larger requests fail here, before sending.
+        self.frame_bytes_max = frame_bytes_max
         self._ws: WebSocketConnection | None = None
         self._rids = itertools.count(1)
         self._pending: dict[int, trio.MemorySendChannel[dict[str, Any]]] = {}
@@ -236,7 +239,12 @@ class MemoryClient:
                     if w is not None:
                         w._deliver(obj)
                     continue
-                ch = self._pending.pop(obj.get("rid"), None)  # type: ignore[arg-type]
+                rid = obj.get("rid")
+                if rid is None and len(self._pending) == 1:
+                    # An error for a frame the node could not decode far enough to read its rid:
+                    # with one request in flight it can only be that one's.
+                    rid = next(iter(self._pending))
+                ch = self._pending.pop(rid, None)  # type: ignore[arg-type]
                 if ch is not None:
                     ch.send_nowait(obj)
         except ConnectionClosed:
@@ -262,12 +270,17 @@ class MemoryClient:
         frame = sign_request(
             self.identity, action=action, ns=ns, data=data or {}, rid=rid, ts_ms=time.time_ns() // 1_000_000,
             grants=self.grants if grants is None else list(grants), binary=self.binary)
+        message = encode_frame(frame, binary=self.binary)
+        size = len(message) if isinstance(message, bytes) else len(message.encode("utf-8"))
+        if size > self.frame_bytes_max:
+            raise TooLarge(f"request of {size} bytes exceeds the frame limit of {self.frame_bytes_max}",
+                           limit=self.frame_bytes_max)
         send, recv = trio.open_memory_channel[dict[str, Any]](1)
         self._pending[rid] = send
         try:
             with trio.fail_after(self.timeout_s if timeout_s is None else timeout_s):
                 try:
-                    await ws.send_message(encode_frame(frame, binary=self.binary))
+                    await ws.send_message(message)
                 except ConnectionClosed:
                     raise Unavailable("connection to the node was lost") from None
                 reply = await recv.receive()

@@ -71,7 +71,7 @@ CREATE TABLE IF NOT EXISTS grants(
     token TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS grants_by_grantee ON grants(grantee, ns);
-CREATE TABLE IF NOT EXISTS revocations(gid TEXT PRIMARY KEY, ns TEXT NOT NULL, token TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS revocations(ns TEXT NOT NULL, gid TEXT NOT NULL, token TEXT NOT NULL, PRIMARY KEY(ns, gid));
 """
 
 _SYNCHRONOUS = {"full": "FULL", "normal": "NORMAL"}

@@ -33,6 +33,7 @@ _MIX_A = np.uint64(0x9E3779B97F4A7C15)
 _MIX_B = np.uint64(0xC2B2AE3D27D4EB4F)
 # A text with no word characters gets the vector of this reserved feature (never a zero vector).
 _EMPTY_FEATURE = "\x00empty"
+_BATCH_MAX = 256
 
 
 def _feature_id(feature: str) -> int:
@@ -91,6 +92,8 @@ class HashingEmbedder:
 
     def embed(self, texts: Sequence[str]) -> np.ndarray:
         n = len(texts)
+        if n > _BATCH_MAX:  # bounds the temporaries (one uint64 per feature) and keeps sorts in cache
+            return np.concatenate([self.embed(texts[i : i + _BATCH_MAX]) for i in range(0, n, _BATCH_MAX)])
         out = np.zeros((n, self.dim), dtype=np.float32)
         if n == 0:
             return out

@@ -146,7 +146,7 @@ async def memory_related_action(svc: Service, req: Request, session: Session) ->
 
     def readable(ns: str) -> bool:
         if ns not in readable_cache:
-            readable_cache[ns] = svc.readable(req, ns)
+            readable_cache[ns] = svc.readable(req, ns, "memory.related")
         return readable_cache[ns]
 
     return await svc.db.read(lambda c: link_store.related(c, req.ns or "", mid, now_ms=now, readable=readable, **args))
@@ -165,7 +165,7 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
             raise InvalidArgument("malformed cursor")
     namespaces = v.string_list(d, "namespaces", None, items_max=64)
     if namespaces is None:
-        namespaces = [req.ns] if req.ns else [req.agent_id, cfg.public_namespace]
+        namespaces = [req.ns] if req.ns else [req.agent_id] + ([cfg.public_namespace] if cfg.public_namespace else [])
     for ns in namespaces:
         svc.check(req, ns, READ, "memory.search")
     vector = v.vector(d, "vector", cfg.dim)
@@ -176,7 +176,7 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
         space = svc.embedder.embedder_id
         vector = await embed_text(svc, query)
     flt = compile_filter(d, svc.wall_ms())
-    expand = d.get("expand", False)
+    expand = d.get("expand") or False
     if not isinstance(expand, bool | dict):
         raise InvalidArgument("expand must be true/false or a map {depth, relation, direction, limit}")
     expand_args = _related_args(svc, expand if isinstance(expand, dict) else {"limit": 5}) if expand else None
@@ -204,7 +204,8 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
         def expand_all(conn: Any) -> None:
             for h in hits:
                 h["context"] = link_store.related(
-                    conn, h["ns"], h["id"], now_ms=now, readable=lambda ns: svc.readable(req, ns), **expand_args
+                    conn, h["ns"], h["id"], now_ms=now, readable=lambda ns: svc.readable(req, ns, "memory.related"),
+                    **expand_args
                 )["items"]
 
         await svc.db.read(expand_all)

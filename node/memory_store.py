@@ -175,6 +175,8 @@ def list_page(
         args.append(memory_type)
     if cursor is not None:
         created, rowid = decode_cursor(cursor, 2)
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (created, rowid)):
+            raise InvalidArgument("malformed cursor")
         sql += " AND (created < ? OR (created = ? AND rowid < ?))"
         args += [created, created, rowid]
     sql += " ORDER BY created DESC, rowid DESC LIMIT ?"

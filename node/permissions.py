@@ -30,7 +30,7 @@ class AccessPolicy:
     operator_ids: frozenset[str]
     public_namespace: str = "public"
     _stored: dict[tuple[str, str], dict[str, Grant]] = field(default_factory=dict)
-    _revoked: set[str] = field(default_factory=set)
+    _revoked: set[tuple[str, str]] = field(default_factory=set)  # (ns, gid): a revocation binds to its namespace
 
     def owns(self, agent_id: str, ns: str) -> bool:
         return agent_id == ns or agent_id in self.operator_ids
@@ -43,12 +43,14 @@ class AccessPolicy:
     def revoke(self, rev: Revocation) -> None:
         if not (rev.issuer_id == rev.ns or rev.issuer_id in self.operator_ids):
             raise BadSignature("revocation is not signed by the namespace owner", ns=rev.ns, gid=rev.gid)
-        self._revoked.add(rev.gid)
-        for grants in self._stored.values():
-            grants.pop(rev.gid, None)
+        # Keyed by (ns, gid): an owner can only revoke grants of its own namespace, whatever gid it names.
+        self._revoked.add((rev.ns, rev.gid))
+        for (_, ns), grants in self._stored.items():
+            if ns == rev.ns:
+                grants.pop(rev.gid, None)
 
-    def is_revoked(self, gid: str) -> bool:
-        return gid in self._revoked
+    def is_revoked(self, ns: str, gid: str) -> bool:
+        return (ns, gid) in self._revoked
 
     def forget_expired(self, now_ms: int) -> int:
         n = 0
@@ -72,7 +74,7 @@ class AccessPolicy:
         expired_match = False
         candidates = list(presented) + list(self._stored.get((agent_id, ns), {}).values())
         for g in candidates:
-            if g.grantee != agent_id or g.ns != ns or g.gid in self._revoked:
+            if g.grantee != agent_id or g.ns != ns or (g.ns, g.gid) in self._revoked:
                 continue
             if not g.issued_by_owner(self.operator_ids):
                 continue
@@ -84,9 +86,10 @@ class AccessPolicy:
             raise Expired(f"the grant for {action} on namespace {ns!r} has expired", ns=ns, action=action)
         raise Forbidden(f"agent {agent_id} may not {action} in namespace {ns!r}", ns=ns, action=action)
 
-    def readable(self, agent_id: str, ns: str, presented: Iterable[Grant], now_ms: int) -> bool:
+    def readable(self, agent_id: str, ns: str, presented: Iterable[Grant], now_ms: int,
+                 action: str = "memory.search") -> bool:
         try:
-            self.check(agent_id, ns, "memory.search", READ, presented, now_ms)
+            self.check(agent_id, ns, action, READ, presented, now_ms)
         except (Forbidden, Expired):
             return False
         return True

@@ -29,10 +29,13 @@ from node.effects import Change, IndexAdd, IndexRemove
 from node.embedder import Embedder, make_embedder
 from node.permissions import AccessPolicy
 from node.session import Session
+from node.validate import NS_CHARS_MAX, check_text
 from node.vector_spaces import VectorSpaces
 from ring.hlc import HybridClock
 
 log = logging.getLogger("mnemonet.node")
+
+GRANT_CACHE_MAX = 4096  # parsed grant tokens kept (insertion-ordered eviction)
 
 Handler = Callable[["Service", Request, Session], Awaitable[Any]]
 
@@ -99,6 +102,7 @@ class Service:
         self.started_s = time.monotonic()
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
+        self._grant_cache: dict[str, Grant] = {}
         self._load_grants()
         self.spaces.open_all(self.db.writer_sync())
 
@@ -129,7 +133,7 @@ class Service:
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(self.spaces.save_all)
+                await trio.to_thread.run_sync(self.spaces.save_all, self.db.writer_sync())
             self.db.close()
 
     async def _seal_loop(self) -> None:
@@ -197,9 +201,12 @@ class Service:
     async def dispatch(self, req: Request, session: Session) -> Any:
         spec = ACTIONS.get(req.action)
         if spec is None:
-            raise UnknownAction(f"unknown action {req.action!r}", action=req.action)
+            shown = req.action[:64]
+            raise UnknownAction(f"unknown action {shown!r}", action=shown)
         if spec.needs_ns and not req.ns:
             raise InvalidArgument(f"{req.action} needs a namespace (`ns`)")
+        if req.ns is not None:
+            check_text(req.ns, "ns", NS_CHARS_MAX)
         if not isinstance(req.data, dict):
             raise InvalidArgument("`data` must be a map")
         if spec.action_class in ("read", "write", "admin") and spec.needs_ns:
@@ -209,20 +216,27 @@ class Service:
         return await spec.handler(self, req, session)
 
     def grants_of(self, req: Request) -> list[Grant]:
+        """Parse presented grants, caching by token: a token string has exactly one parse, and each
+        parse costs a signature check (~150 us) that repeat presenters should not pay again."""
         out = []
         for token in req.grants:
-            try:
-                g = parse_grant(token)
-            except MnemonetError:
-                raise BadSignature("a presented grant does not verify") from None
+            g = self._grant_cache.get(token)
+            if g is None:
+                try:
+                    g = parse_grant(token)
+                except MnemonetError:
+                    raise BadSignature("a presented grant does not verify") from None
+                if len(self._grant_cache) >= GRANT_CACHE_MAX:
+                    self._grant_cache.pop(next(iter(self._grant_cache)))
+                self._grant_cache[token] = g
             out.append(g)
         return out
 
     def check(self, req: Request, ns: str, action_class: str, action: str | None = None) -> None:
         self.policy.check(req.agent_id, ns, action or req.action, action_class, self.grants_of(req), self.wall_ms())
 
-    def readable(self, req: Request, ns: str) -> bool:
-        return self.policy.readable(req.agent_id, ns, self.grants_of(req), self.wall_ms())
+    def readable(self, req: Request, ns: str, action: str = "memory.search") -> bool:
+        return self.policy.readable(req.agent_id, ns, self.grants_of(req), self.wall_ms(), action)
 
     def stamp(self) -> int:
         return self.clock.now(self.wall_ms())

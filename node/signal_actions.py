@@ -81,7 +81,7 @@ async def _open_watch(svc: Service, req: Request, session: Session, topic: str, 
                 lambda c: signal_store.changes_since(c, topic, ns, key, exact, since, BACKLOG_MAX + 1))
             if len(backlog) > BACKLOG_MAX:
                 raise Resync(f"more than {BACKLOG_MAX} changes missed; re-read current values",
-                             compacted_through=since)
+                             last_seq=since, backlog_max=BACKLOG_MAX)
             sub.buffered[:0] = backlog
     except BaseException:
         session.remove(sub.sub_id)

@@ -15,6 +15,17 @@ from crypto.errors import DimensionMismatch, InvalidArgument, TooLarge
 
 _MISSING = object()
 NAME_CHARS_MAX = 256
+NS_CHARS_MAX = 256
+
+
+def check_text(v: str, name: str, chars_max: int) -> None:
+    """Length limit, and no lone surrogates (JSON can carry them; SQLite and msgpack cannot)."""
+    if len(v) > chars_max:
+        raise TooLarge(f"field {name!r} is longer than {chars_max} characters", field=name, limit=chars_max)
+    try:
+        v.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidArgument(f"field {name!r} is not valid Unicode (lone surrogate)", field=name) from None
 
 
 def _get(data: dict[str, Any], name: str, default: Any) -> Any:
@@ -35,8 +46,7 @@ def string(data: dict[str, Any], name: str, default: Any = _MISSING, *, chars_ma
         raise InvalidArgument(f"field {name!r} must be a string, not {type(v).__name__}", field=name)
     if not v and not allow_empty:
         raise InvalidArgument(f"field {name!r} must not be empty", field=name)
-    if len(v) > chars_max:
-        raise TooLarge(f"field {name!r} is longer than {chars_max} characters", field=name, limit=chars_max)
+    check_text(v, name, chars_max)
     return v
 
 
@@ -88,6 +98,8 @@ def string_list(data: dict[str, Any], name: str, default: Any = _MISSING, *, ite
         raise InvalidArgument(f"field {name!r} must be a list of non-empty strings", field=name)
     if len(v) > items_max:
         raise TooLarge(f"field {name!r} has more than {items_max} items", field=name, limit=items_max)
+    for x in v:
+        check_text(x, name, NAME_CHARS_MAX)
     return v
 
 
@@ -121,5 +133,7 @@ def encoded_size(value: Any) -> int:
     """Size of a JSON-able value as stored (compact JSON), for the byte limits."""
     try:
         return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+    except UnicodeEncodeError:
+        raise InvalidArgument("value contains invalid Unicode (lone surrogate)") from None
     except (TypeError, ValueError):
         raise InvalidArgument("value is not representable as JSON (bytes or non-finite numbers?)") from None

@@ -56,16 +56,22 @@ class VectorSpaces:
             groups = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
             yield keys, vecs, groups
 
+    @staticmethod
+    def watermark(conn: sqlite3.Connection, space: str) -> int:
+        """A fingerprint of the space's rows in SQLite: any insert, delete or expiry changes it.
+        A saved index is reused only if its fingerprint matches, else it is rebuilt from SQLite
+        (so an index saved before a kill -9 is never trusted)."""
+        row = conn.execute(
+            "SELECT COUNT(*), COALESCE(MAX(rowid), 0), COALESCE(MAX(deleted_hlc), 0),"
+            " COALESCE(SUM(deleted), 0) FROM memories WHERE embedder=?", (space,)).fetchone()
+        digest = hashlib.sha256(repr(tuple(int(x) for x in row)).encode()).digest()
+        return int.from_bytes(digest[:7], "big")
+
     def _open(self, space: str, conn: sqlite3.Connection) -> VectorIndex:
         directory = self.root / space_dirname(space)
         directory.mkdir(parents=True, exist_ok=True)
-        live = conn.execute(
-            "SELECT COUNT(*), COALESCE(MAX(rowid), 0) FROM memories WHERE embedder=? AND deleted=0 AND vector IS NOT NULL",
-            (space,)).fetchone()
-        return VectorIndex.open(
-            self.dim, directory, self.config, rebuild=lambda: self._rows(conn, space),
-            expected=(int(live[0]), int(live[1])),
-        )
+        return VectorIndex.open(self.dim, directory, self.config, rebuild=lambda: self._rows(conn, space),
+                                watermark=self.watermark(conn, space))
 
     def get(self, space: str) -> VectorIndex | None:
         return self.indexes.get(space)
@@ -92,12 +98,15 @@ class VectorSpaces:
             for idx in list(self.indexes.values()):
                 if idx.needs_seal() or (force and idx.statistics().get("buffer", 0)):
                     await trio.to_thread.run_sync(idx.seal)
+                if idx.needs_compact():
+                    await trio.to_thread.run_sync(idx.compact)
         finally:
             self._sealing = False
 
-    def save_all(self) -> None:
-        for idx in self.indexes.values():
-            idx.save()
+    def save_all(self, conn: sqlite3.Connection) -> None:
+        """Persist every index with its SQLite fingerprint (at shutdown, when no write is running)."""
+        for space, idx in self.indexes.items():
+            idx.save(self.watermark(conn, space))
 
     def statistics(self) -> dict[str, Any]:
         return {space: idx.statistics() for space, idx in self.indexes.items()}

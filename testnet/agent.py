@@ -57,7 +57,7 @@ async def writer(c: MemoryClient, name: str, peer: str | None) -> None:
 async def reader(c: MemoryClient, name: str, peer: str | None) -> None:
     assert peer, "the reader needs the writer's agent id"
     sub = await c.subscribe(peer, since=0)  # from the start: the writer may be ahead
-    say(name, "subscribe", agent=peer)
+    say(name, "subscribe", peer=peer)
     with trio.fail_after(30):
         async for change in sub:
             say(name, "state-push", seq=change.seq, doc=change.event.get("doc"))
@@ -73,7 +73,7 @@ async def reader(c: MemoryClient, name: str, peer: str | None) -> None:
     s = await c.signal_get("public", "deploy/phase")
     say(name, "signal-get", key=s.key, value=s.value, version=s.version)
     st = await c.state_get(peer)
-    say(name, "state-get", agent=peer, doc=st["doc"])
+    say(name, "state-get", peer=peer, doc=st["doc"])
     try:
         await c.store(peer, "trying to write into someone else's namespace")
     except Exception as e:
