@@ -6,6 +6,7 @@ routes watch pushes, reconnects on demand and resumes watches from their last se
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import itertools
 import threading
@@ -299,7 +300,7 @@ class MemoryClient:
 
     # ---- memories ----
     async def store(self, ns: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None,
-                    id: str | None = None, vector: list[float] | None = None, embedder: str | None = None,
+                    id: str | None = None, vector: builtins.list[float] | None = None, embedder: str | None = None,
                     ttl_s: float | None = None) -> StoreResult:
         data: dict[str, Any] = {"content": content, "memory_type": memory_type, "metadata": metadata or {}}
         for k, val in (("id", id), ("vector", vector), ("embedder", embedder), ("ttl_s", ttl_s)):
@@ -324,8 +325,8 @@ class MemoryClient:
         r = await self.request("memory.list", ns, data)
         return Page([Memory.from_wire(m) for m in r["items"]], r["truncated"], r.get("next_cursor"))
 
-    async def search(self, query: str | None = None, *, vector: list[float] | None = None,
-                     namespaces: list[str] | None = None, ns: str | None = None, limit: int = 10,
+    async def search(self, query: str | None = None, *, vector: builtins.list[float] | None = None,
+                     namespaces: builtins.list[str] | None = None, ns: str | None = None, limit: int = 10,
                      **filters: Any) -> Page:
         """Semantic search. `filters`: memory_type, metadata, created_after_ms, created_before_ms,
         expand, embedder, cursor (see docs/protocol.md)."""
@@ -347,7 +348,7 @@ class MemoryClient:
         await self.request("memory.link", ns, data)
 
     async def related(self, ns: str, id: str, *, depth: int = 1, relation: str | None = None,
-                      direction: str = "both", limit: int = 50) -> list[dict[str, Any]]:
+                      direction: str = "both", limit: int = 50) -> builtins.list[dict[str, Any]]:
         data: dict[str, Any] = {"id": id, "depth": depth, "direction": direction, "limit": limit}
         if relation:
             data["relation"] = relation

@@ -38,7 +38,7 @@ def decode_frame(message: bytes | str, *, frame_bytes_max: int) -> tuple[Any, bo
 def encode_frame(obj: Any, *, binary: bool) -> bytes | str:
     """Encode a reply or push in the same form as the request it answers."""
     if binary:
-        return msgpack.packb(obj, use_bin_type=True)  # type: ignore[no-any-return]
+        return msgpack.packb(obj, use_bin_type=True)
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 

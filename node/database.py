@@ -161,7 +161,7 @@ class Database:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
-        return pending.result.value  # type: ignore[no-any-return]
+        return pending.result.value
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The group-commit loop. Runs until cancelled; pending writers then get `unavailable`."""

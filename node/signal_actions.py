@@ -67,7 +67,7 @@ async def signal_list(svc: Service, req: Request, session: Session) -> Any:
 
 
 async def _open_watch(svc: Service, req: Request, session: Session, topic: str, ns: str, key: str,
-                      exact: bool) -> dict[str, Any]:
+                      exact: bool) -> Deferred:
     since = v.integer(req.data, "since", None, lo=0)
     # Open (buffering) before reading the current seq, so no change can fall between the two.
     sub = svc.hub.open(topic, ns, key, exact, session.pusher(req.binary), since=since or 0)

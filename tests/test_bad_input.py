@@ -3,7 +3,6 @@ while a well-behaved client on another connection is served throughout."""
 
 from __future__ import annotations
 
-
 import base64
 import json
 import time

@@ -291,3 +291,43 @@ async def test_json_text_frames_work_too(node: RunningNode) -> None:
         r = await c.store(me.agent_id, "sent as JSON text", metadata={"x": [1, 2]})
         assert (await c.get(me.agent_id, r.id)).metadata == {"x": [1, 2]}
         assert (await c.search("sent as JSON", ns=me.agent_id)).items[0].id == r.id
+
+
+async def test_revocation_binds_to_its_namespace(node: RunningNode) -> None:
+    alice, bob, mallory = Identity.generate(), Identity.generate(), Identity.generate()
+    now = node.service.wall_ms()
+    async with node.client(alice) as a, node.client(bob) as b, node.client(mallory) as m:
+        await a.store(alice.agent_id, "shared with bob", id="s")
+        grant = make_grant(alice, grantee=bob.agent_id, ns=alice.agent_id, actions=["read"], exp_ms=now + 60_000,
+                           now_ms=now)
+        gid = (await b.grant_put(grant))["gid"]
+        # Mallory signs a revocation of the same gid in her own namespace: it must not touch Alice's grant.
+        await m.grant_revoke(make_revocation(mallory, gid=gid, ns=mallory.agent_id, now_ms=now))
+        assert (await b.get(alice.agent_id, "s")).content == "shared with bob"
+        assert (await b.request("memory.get", alice.agent_id, {"id": "s"}, grants=[grant]))["id"] == "s"
+
+
+async def test_related_needs_only_the_related_grant(node: RunningNode) -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    now = node.service.wall_ms()
+    async with node.client(alice) as a, node.client(bob) as b:
+        await a.store(alice.agent_id, "root", id="r")
+        await a.store(alice.agent_id, "leaf", id="l")
+        await a.link(alice.agent_id, "r", "l")
+        g = make_grant(alice, grantee=bob.agent_id, ns=alice.agent_id, actions=["memory.related"],
+                       exp_ms=now + 60_000, now_ms=now)
+        items = (await b.request("memory.related", alice.agent_id, {"id": "r"}, grants=[g]))["items"]
+        assert [x["id"] for x in items] == ["l"]
+
+
+async def test_oversized_request_fails_fast_in_client(node: RunningNode) -> None:
+    from crypto.errors import TooLarge
+
+    me = Identity.generate()
+    async with node.client(me) as c:
+        with pytest.raises(TooLarge):
+            await c.store(me.agent_id, "x" * (2 * 1024 * 1024))
+        # And a node-side too_large (null rid) reaches the single waiting request, not a timeout.
+        c.frame_bytes_max = 64 * 1024 * 1024
+        with pytest.raises(TooLarge), trio.fail_after(10):
+            await c.store(me.agent_id, "x" * (2 * 1024 * 1024))
