@@ -37,6 +37,7 @@ from node.vector_segment import (
 log = logging.getLogger(__name__)
 
 Accept = Callable[[np.ndarray], np.ndarray]
+K_CALIBRATION = 10  # calibration measures recall@10, the benchmark's metric
 RebuildSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
@@ -57,7 +58,10 @@ class VectorIndexConfig:
     segments_max: int = 8  # more segments than this are merged (each costs per-query overhead)
     merge_ratio: float = 0.5  # merge a segment into its older neighbour once it is this fraction of it
     dead_fraction_max: float = 0.25  # segments (and the slot arrays) are rebuilt above this tombstone share
-    seed: int = 1  # annoy and PCA sampling seed: same inputs -> same segments
+    recall_target: float = 0.95  # after builds, widen the ANN budget until sampled recall@10 reaches this,
+    # or search exactly when that budget would cost over half an exact scan (0: never calibrate)
+    calibration_queries: int = 64  # stored vectors used as sample queries (their own hit excluded)
+    seed: int = 1  # annoy, PCA sampling and calibration seed: same inputs -> same segments
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +112,9 @@ class VectorIndex:
         self._segments: tuple[Segment, ...]
         self._slot_of: dict[int, int]
         self._group_live: dict[int, int]
+        # ANN budget multiplier chosen by calibration; None: exact scans beat the ANN at the target.
+        self._budget: float | None
+        self._calibration: dict[str, float]
         self._clear()
         self.watermark: int | None = None  # what save() stored; None when nothing was loaded
         self.load_error: str | None = None
@@ -210,10 +217,11 @@ class VectorIndex:
             return SearchResult([], True)
         cfg = self.config
         sealed_items = sum(s.items for s in view.segments)
-        if view.allowed <= cfg.exact_subset_max or sealed_items == 0:
+        budget = self._budget
+        if view.allowed <= cfg.exact_subset_max or sealed_items == 0 or budget is None:
             return self._exact(view, q, k, group_arr, accept)
         selectivity = view.allowed / max(view.live, 1)
-        factor = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
+        factor = budget * (1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity)
         fetch = max(cfg.fetch, k) * factor
         search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * factor
         while fetch < sealed_items:
@@ -280,9 +288,19 @@ class VectorIndex:
                 self._stats["seals"] += 1
                 self._stats["seal_ms_last"] = (time.perf_counter() - started) * 1e3
             self._grow_ahead()
+            self._calibrate()
 
     def needs_compact(self) -> bool:
-        return self._merge_plan() is not None or self._vacuum_due()
+        """True when segments should merge, tombstones be dropped, or the ANN budget recalibrated."""
+        return self._merge_plan() is not None or self._vacuum_due() or self._calibration_due()
+
+    def _calibration_due(self) -> bool:
+        cfg = self.config
+        with self._lock:
+            live, sealed = len(self._slot_of), self._sealed_upto
+        last = self._calibration.get("live", 0.0)
+        return (cfg.recall_target > 0 and live > cfg.exact_subset_max and sealed > 4 * K_CALIBRATION
+                and not (last and 0.8 < live / last < 1.25))
 
     def compact(self) -> None:
         """Merge segments until the policy is met and drop tombstones (heavy: worker thread)."""
@@ -300,7 +318,56 @@ class VectorIndex:
                 with self._lock:
                     self._segments = (*self._segments[:first], merged, *self._segments[last + 1 :])
                     self._stats["merges"] += 1
+            self._calibrate()
             self._stats["compact_ms_last"] = (time.perf_counter() - started) * 1e3
+
+    def _calibrate(self, force: bool = False) -> None:
+        """Pick the smallest ANN budget (1, 1.5, 2.25, ... x fetch and search_k) whose recall@10
+        on sample queries reaches ``recall_target``; or exact search when it is cheaper, or once a
+        budget still below the target costs a third of an exact scan. Runs after builds (worker
+        thread); skipped unless the live count changed by over 25% since the last calibration."""
+        if not (force or self._calibration_due()):
+            return
+        cfg = self.config
+        view = self._view(None)
+        sealed = sum(s.items for s in view.segments)
+        rng = np.random.default_rng(cfg.seed)
+        pool = np.flatnonzero(view.alive[: view.sealed_upto])
+        sample = rng.choice(pool, min(cfg.calibration_queries, pool.size), replace=False)
+        started = time.perf_counter()
+        truth = []
+        for slot in sample.tolist():
+            scores = view.vectors[: view.n] @ view.vectors[slot]
+            scores[~view.alive[: view.n]] = -np.inf
+            scores[slot] = -np.inf
+            truth.append(set(np.argpartition(-scores, K_CALIBRATION)[:K_CALIBRATION].tolist()))
+            time.sleep(0)  # a calibration must not starve the event loop either
+        exact_s = (time.perf_counter() - started) / sample.size
+        budget: float | None = 1.0
+        recall = 0.0
+        while budget is not None:
+            started = time.perf_counter()
+            found = 0
+            for slot, expected in zip(sample.tolist(), truth, strict=True):
+                q = view.vectors[slot]
+                fetch = max(cfg.fetch, K_CALIBRATION) * budget
+                search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
+                cands = self._candidates(view, q, int(fetch), int(search_k), sealed)
+                cands = cands[view.alive[cands] & (cands != slot)]
+                top = cands[np.argsort(-(view.vectors[cands] @ q))[:K_CALIBRATION]]
+                found += len(expected & set(top.tolist()))
+                time.sleep(0)
+            ann_s = (time.perf_counter() - started) / sample.size
+            recall = found / (K_CALIBRATION * sample.size)
+            if ann_s >= exact_s:  # small or hard data: scanning everything is cheaper
+                budget = None
+            elif recall < cfg.recall_target:
+                budget = None if (ann_s * 3 >= exact_s or budget >= 64) else budget * 1.5
+            else:
+                break
+        self._budget = budget
+        self._calibration = {"live": float(view.live), "recall": round(recall, 4),
+                             "budget": budget or 0.0, "exact_ms": round(exact_s * 1e3, 3)}
 
     def _merge_plan(self) -> tuple[int, int] | None:
         """(first, last) adjacent segments to rebuild as one, or None when the policy holds."""
@@ -335,6 +402,8 @@ class VectorIndex:
         self._segments = ()
         self._slot_of = {}
         self._group_live = {}
+        self._budget = 1.0
+        self._calibration = {}
 
     def _kill(self, key: int) -> None:
         slot = self._slot_of.pop(key, None)
@@ -433,7 +502,8 @@ class VectorIndex:
                 arrays: dict[str, np.ndarray] = {"vectors": self._vectors[:n], "keys": self._keys[:n], "groups": self._groups[:n],
                           "alive": self._alive[:n].copy()}
                 segments = self._segments
-            keep = save_index(self.directory, self.dim, self.spec, arrays, segments, watermark)
+                calibration = dict(self._calibration)
+            keep = save_index(self.directory, self.dim, self.spec, arrays, segments, watermark, calibration)
             self.watermark = watermark
             # Under _build_lock: a segment being built now has files on disk but is not live yet.
             with self._build_lock:
@@ -455,6 +525,9 @@ class VectorIndex:
         values, counts = np.unique(loaded.groups[live], return_counts=True)
         self._group_live = dict(zip(values.tolist(), counts.tolist(), strict=True))
         self.watermark = loaded.watermark
+        self._calibration = loaded.calibration
+        if loaded.calibration:
+            self._budget = loaded.calibration["budget"] or None
 
     def statistics(self) -> dict[str, object]:
         with self._lock:
@@ -464,6 +537,8 @@ class VectorIndex:
                 "groups": len(self._group_live), "dim": self.dim,
             }
         out.update(self._stats)
+        out["budget"] = self._budget if self._budget is not None else "exact"
+        out["calibration"] = dict(self._calibration)
         return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -18,8 +19,10 @@ from crypto.errors import DimensionMismatch, InvalidArgument
 from node.vector_index import SearchResult, VectorIndex, VectorIndexConfig
 
 DIM = 32
+# recall_target=0: no calibration, so these tests exercise the ANN path even on tiny data.
 SMALL = VectorIndexConfig(buffer_max=64, n_trees=8, projection_dim=16, exact_subset_max=0, fetch=40,
-                          search_k_min=400)
+                          search_k_min=400, recall_target=0.0)
+CALIBRATED = replace(SMALL, recall_target=0.95)
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -57,7 +60,7 @@ def test_buffer_only_search_is_exact() -> None:
 
 
 def test_recall_after_sealing_clustered_data() -> None:
-    cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=0)
+    cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=0, recall_target=0.0)
     data = clustered(5200, 64, 3)
     base, queries = data[:5000], data[5000:]
     index = VectorIndex(64, None, cfg)
@@ -76,6 +79,20 @@ def test_recall_after_sealing_clustered_data() -> None:
         assert not result.exhaustive
         found += len(truth & {k for k, _ in result.hits})
     assert found / (10 * len(queries)) >= 0.95
+
+
+def test_calibration_prefers_exact_search_when_it_is_cheaper() -> None:
+    # 5k x 32: an exact scan costs microseconds, far less than any annoy query.
+    cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=100, n_trees=4, projection_dim=8)
+    index, data = filled(5000, cfg)
+    index.seal()
+    while index.needs_compact():
+        index.compact()
+    stats = index.statistics()
+    calibration = stats["calibration"]
+    assert stats["budget"] == "exact" and isinstance(calibration, dict) and calibration["live"] == 5000
+    assert index.search(data[0], 5).exhaustive
+    assert not index.needs_compact()  # calibrated for this size: no recalibration until it grows 25%
 
 
 def test_removed_keys_never_come_back_and_replaced_keys_use_the_new_vector() -> None:
@@ -132,20 +149,21 @@ def test_dimension_and_value_errors() -> None:
 
 
 def test_persistence_round_trip(tmp_path: Path) -> None:
-    index, data = filled(700, directory=tmp_path, groups=2)
+    index, data = filled(700, CALIBRATED, directory=tmp_path, groups=2)
     index.seal()
     index.add_many(range(700, 720), data[:20], [0] * 20)  # stays in the buffer
     for key in range(0, 100, 3):
         index.remove(key)
     index.save(watermark=42)
-    again = VectorIndex(DIM, tmp_path, SMALL)
+    again = VectorIndex(DIM, tmp_path, CALIBRATED)
     assert again.load_error is None and again.watermark == 42 and len(again) == len(index)
+    assert again.statistics()["calibration"] == index.statistics()["calibration"] != {}
     for q in data[100:130]:
         assert again.search(q, 10, groups={1}) == index.search(q, 10, groups={1})
     # A second save replaces the files and deletes the ones nobody references any more.
     index.compact()
     index.save(watermark=43)
-    assert VectorIndex(DIM, tmp_path, SMALL).watermark == 43
+    assert VectorIndex(DIM, tmp_path, CALIBRATED).watermark == 43
     names = {p.name for p in tmp_path.iterdir()}
     assert len([n for n in names if n.startswith("vectors-")]) == 1
 
@@ -207,7 +225,7 @@ def test_vacuum_drops_tombstones_and_keeps_results() -> None:
 
 
 def test_searches_during_seal_and_compact_see_every_item() -> None:
-    cfg = VectorIndexConfig(buffer_max=64, n_trees=10, projection_dim=16, exact_subset_max=0)
+    cfg = VectorIndexConfig(buffer_max=64, n_trees=10, projection_dim=16, exact_subset_max=0, recall_target=0.0)
     index, data = filled(12_000, cfg)
     errors: list[BaseException] = []
 
@@ -242,7 +260,7 @@ class IndexMatchesModel(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         cfg = VectorIndexConfig(buffer_max=8, n_trees=3, projection_dim=4, exact_subset_max=6, fetch=4,
-                                search_k_min=20, segments_max=3, accept_batch=4)
+                                search_k_min=20, segments_max=3, accept_batch=4, recall_target=0.0)
         self.index = VectorIndex(8, None, cfg)
         self.vectors: dict[int, np.ndarray] = {}
         self.groups: dict[int, int] = {}
