@@ -11,6 +11,7 @@ from typing import Any
 from crypto.envelope import Request
 from crypto.errors import InvalidArgument
 from crypto.grants import parse_grant, parse_revocation
+from crypto.session import COUNTER_WINDOW, accept_session
 from node import validate as v
 from node.database import Applied
 from node.service import Service, action
@@ -54,6 +55,25 @@ async def stats(svc: Service, req: Request, session: Session) -> Any:
         "embedder": svc.embedder.embedder_id,
         "dim": svc.config.dim,
     }
+
+
+@action("session.open", "self", needs_ns=False)
+async def session_open(svc: Service, req: Request, session: Session) -> Any:
+    """Start an authenticated session on this connection (see crypto/session.py). Only a request
+    signed with Ed25519 may open one: a session cannot vouch for another session."""
+    if not req.signature:
+        raise InvalidArgument("session.open must be a signed request, not a session request")
+    raw = req.data.get("x25519")
+    client_eph = bytes.fromhex(raw) if isinstance(raw, str) and len(raw) == 64 else raw
+    if not isinstance(client_eph, bytes) or len(client_eph) != 32:
+        raise InvalidArgument("x25519 must be a 32-byte X25519 public key (bytes, or 64 hex chars)")
+    try:
+        key, hello = accept_session(svc.identity, req.public_key, client_eph)
+    except ValueError:
+        raise InvalidArgument("x25519 is not a valid X25519 public key") from None
+    state = session.open_auth(key, req.public_key)
+    return {"sid": state.sid, "x25519": hello.node_ephemeral.hex(), "node_pk": hello.node_public_key.hex(),
+            "node_sig": hello.node_signature.hex(), "counter_window": COUNTER_WINDOW}
 
 
 @action("grant.put", "self", needs_ns=False)

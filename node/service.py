@@ -21,6 +21,7 @@ from crypto.envelope import Request, RequestVerifier, UnverifiedRequest, decode_
 from crypto.errors import BadSignature, Internal, InvalidArgument, MnemonetError, UnknownAction
 from crypto.grants import Grant, parse_grant, parse_revocation
 from crypto.identity import Identity
+from crypto.session import decode_session_request, is_session_frame
 from node import memory_store, signal_store
 from node.changefeed import ChangeHub
 from node.config import NodeConfig
@@ -161,13 +162,20 @@ class Service:
 
     # ---- commit effects (trio thread, commit order) ----
     def apply_effects(self, effects: list[Any]) -> None:
+        adds: list[IndexAdd] = []
         for e in effects:
             if isinstance(e, IndexAdd):
-                self.spaces.add(e.space, e.rowid, e.vector, e.group)
-            elif isinstance(e, IndexRemove):
+                adds.append(e)  # consecutive adds go to the index as one batch
+                continue
+            if adds:
+                self.spaces.add_batch(adds)
+                adds = []
+            if isinstance(e, IndexRemove):
                 self.spaces.remove(e.space, e.rowid)
             elif isinstance(e, Change):
                 self.hub.publish(e)
+        if adds:
+            self.spaces.add_batch(adds)
 
     # ---- the request pipeline ----
     async def handle_frame(
@@ -177,9 +185,18 @@ class Service:
         run right after the reply is queued (or None)."""
         rid: Any = None
         try:
-            unverified: UnverifiedRequest = decode_request(frame, binary=binary, config=self.config.envelope)
-            rid = unverified.rid
-            req = self.verifier.verify(unverified, self.wall_ms())
+            if is_session_frame(frame):
+                su = decode_session_request(frame, binary=binary, config=self.config.envelope)
+                rid = su.rid
+                state = session.auth.get(su.sid)
+                if state is None:
+                    raise BadSignature("unknown session on this connection: open one with session.open",
+                                       sid=su.sid)
+                req = state.verify(su, self.wall_ms())
+            else:
+                unverified: UnverifiedRequest = decode_request(frame, binary=binary, config=self.config.envelope)
+                rid = unverified.rid
+                req = self.verifier.verify(unverified, self.wall_ms())
             session.note_agent(req.agent_id)
             result = await self.dispatch(req, session)
             self.requests[req.action] += 1

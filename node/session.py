@@ -11,7 +11,10 @@ from typing import Any
 
 import trio
 
+from crypto.session import SessionState
 from node.changefeed import ChangeHub, Subscription
+
+SESSIONS_PER_CONNECTION_MAX = 16
 
 Outgoing = tuple[dict[str, Any], bool]  # (frame object, binary form?)
 
@@ -24,6 +27,16 @@ class Session:
         # Overflow notices bypass the bound: at most one per subscription, so still bounded.
         self.notices: deque[Outgoing] = deque()
         self.agents: set[str] = set()
+        self.auth: dict[int, SessionState] = {}  # authenticated sessions opened on this connection
+        self._next_sid = 1
+
+    def open_auth(self, key: bytes, agent_public_key: bytes) -> SessionState:
+        if len(self.auth) >= SESSIONS_PER_CONNECTION_MAX:
+            self.auth.pop(next(iter(self.auth)))  # the oldest gives way: clients need few
+        state = SessionState(self._next_sid, key, agent_public_key)
+        self.auth[state.sid] = state
+        self._next_sid += 1
+        return state
 
     def note_agent(self, agent_id: str) -> None:
         if len(self.agents) < 64:

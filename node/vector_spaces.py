@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import trio
 
+from node.effects import IndexAdd
 from node.vector_index import VectorIndex, VectorIndexConfig
 
 log = logging.getLogger("mnemonet.index")
@@ -76,13 +77,26 @@ class VectorSpaces:
     def get(self, space: str) -> VectorIndex | None:
         return self.indexes.get(space)
 
-    def add(self, space: str, rowid: int, vector: np.ndarray, group: int) -> None:
+    def _index(self, space: str) -> VectorIndex:
         idx = self.indexes.get(space)
         if idx is None:
             directory = self.root / space_dirname(space)
             directory.mkdir(parents=True, exist_ok=True)
             idx = self.indexes[space] = VectorIndex(self.dim, directory, self.config)
-        idx.add(rowid, vector, group)
+        return idx
+
+    def add(self, space: str, rowid: int, vector: np.ndarray, group: int) -> None:
+        self._index(space).add(rowid, vector, group)
+
+    def add_batch(self, adds: list[IndexAdd]) -> None:
+        """Insert committed vectors, one add_many per space (per-call overhead dominates single adds)."""
+        by_space: dict[str, list[IndexAdd]] = {}
+        for a in adds:
+            by_space.setdefault(a.space, []).append(a)
+        for space, items in by_space.items():
+            self._index(space).add_many(np.fromiter((a.rowid for a in items), dtype=np.int64, count=len(items)),
+                                        np.stack([a.vector for a in items]),
+                                        np.fromiter((a.group for a in items), dtype=np.int64, count=len(items)))
 
     def remove(self, space: str, rowid: int) -> None:
         idx = self.indexes.get(space)

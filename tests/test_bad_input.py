@@ -176,3 +176,35 @@ def test_error_codes_are_stable() -> None:
 
 
 
+
+
+async def test_session_frames_bad_mac_replay_unknown(node: RunningNode) -> None:
+    from crypto.session import ClientHandshake, NodeHello, mac_request
+
+    alice = Identity.generate()
+
+    async def call(ws: Any, msg: bytes) -> dict[str, Any]:
+        await ws.send_message(msg)
+        with trio.fail_after(10):
+            return msgpack.unpackb(await ws.get_message())  # type: ignore[no-any-return]
+
+    def mframe(key: bytes, sid: int, ctr: int, action: str = "health") -> bytes:
+        return msgpack.packb(mac_request(key, sid, {"v": 1, "rid": ctr, "action": action, "ns": None, "data": {},
+                                                    "ctr": ctr}, binary=True))  # type: ignore[no-any-return]
+
+    async with open_websocket_url(node.url) as ws, open_websocket_url(node.url) as ws2:
+        assert (await call(ws, mframe(b"k" * 32, 1, 1)))["error"]["code"] == "bad_signature"  # no session yet
+        hs = ClientHandshake(alice)
+        res = (await call(ws, req(alice, "session.open", None, {"x25519": hs.public.hex()})))["result"]
+        key = hs.finish(NodeHello(bytes.fromhex(res["x25519"]), bytes.fromhex(res["node_pk"]),
+                                  bytes.fromhex(res["node_sig"])))
+        sid = res["sid"]
+        good = mframe(key, sid, 1)
+        assert (await call(ws, good))["ok"]
+        assert (await call(ws, good))["error"]["code"] == "replay"
+        assert (await call(ws, mframe(b"x" * 32, sid, 2)))["error"]["code"] == "bad_signature"
+        # A session belongs to its connection: the same frame elsewhere is refused.
+        assert (await call(ws2, mframe(key, sid, 3)))["error"]["code"] == "bad_signature"
+        # A session cannot open another session.
+        assert (await call(ws, mframe(key, sid, 4, "session.open")))["error"]["code"] == "invalid_argument"
+        assert (await call(ws, mframe(key, sid, 5)))["ok"]

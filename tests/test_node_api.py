@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import trio
 
-from crypto.errors import Conflict, DimensionMismatch, Expired, Forbidden, InvalidArgument, NotFound
+from crypto.errors import BadSignature, Conflict, DimensionMismatch, Expired, Forbidden, InvalidArgument, NotFound
 from crypto.grants import make_grant, make_revocation
 from crypto.identity import Identity
 from tests.conftest import RunningNode
@@ -331,3 +331,15 @@ async def test_oversized_request_fails_fast_in_client(node: RunningNode) -> None
         c.frame_bytes_max = 64 * 1024 * 1024
         with pytest.raises(TooLarge), trio.fail_after(10):
             await c.store(me.agent_id, "x" * (2 * 1024 * 1024))
+
+
+async def test_session_and_signed_clients_interoperate(node: RunningNode) -> None:
+    me = Identity.generate()
+    async with node.client(me, session=True) as s, node.client(me, session=False) as p:
+        assert s._auth is not None and p._auth is None
+        r = await s.store(me.agent_id, "written in a session")
+        assert (await p.get(me.agent_id, r.id)).owner == me.agent_id  # same identity either way
+        pinned = node.client(me, node_public_key=Identity.generate().public_key)
+        with pytest.raises(BadSignature):
+            async with pinned:
+                pass
