@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import trio
 
-from crypto.errors import BadSignature, Conflict, DimensionMismatch, Expired, Forbidden, InvalidArgument, NotFound
+from crypto.errors import (
+    BadSignature,
+    Conflict,
+    DimensionMismatch,
+    Expired,
+    Forbidden,
+    InvalidArgument,
+    NotFound,
+)
 from crypto.grants import make_grant, make_revocation
 from crypto.identity import Identity
 from tests.conftest import RunningNode

@@ -10,7 +10,13 @@ from crypto.config import EnvelopeConfig
 from crypto.errors import BadFrame, BadSignature, Replay
 from crypto.identity import Identity
 from crypto.session import (
-    COUNTER_WINDOW, ClientHandshake, NodeHello, SessionState, accept_session, decode_session_request, mac_request,
+    COUNTER_WINDOW,
+    ClientHandshake,
+    NodeHello,
+    SessionState,
+    accept_session,
+    decode_session_request,
+    mac_request,
 )
 
 AGENT, NODE, OTHER = Identity.generate(), Identity.generate(), Identity.generate()
