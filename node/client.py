@@ -11,6 +11,7 @@ import contextlib
 import itertools
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -20,7 +21,8 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from crypto.envelope import sign_request
 from crypto.errors import MnemonetError, TooLarge, Unavailable, UnknownAction, error_from_wire
-from crypto.identity import Identity
+from crypto.identity import Identity, agent_id_of
+from crypto.provenance import sign_record, verify_record
 from crypto.session import ClientHandshake, NodeHello, mac_request
 from node.codec import decode_frame, encode_frame
 
@@ -40,11 +42,21 @@ class Memory:
     context: list[dict[str, Any]] = field(default_factory=list)
     expires_ms: int | None = None
     vector: list[float] | None = None
+    provenance: dict[str, str] | None = None  # {"pk", "sig", "scheme"}: see verify_provenance()
 
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Memory:
         return cls(d["id"], d["ns"], d["owner"], d["memory_type"], d["content"], d.get("metadata") or {},
-                   d["created"], d.get("score"), d.get("context") or [], d.get("expires_ms"), d.get("vector"))
+                   d["created"], d.get("score"), d.get("context") or [], d.get("expires_ms"), d.get("vector"),
+                   d.get("provenance"))
+
+    def verify_provenance(self) -> bool:
+        """True if the record carries its author's signature and it checks out (trusting no node)."""
+        p = self.provenance
+        if not p or agent_id_of(bytes.fromhex(p["pk"])) != self.owner:
+            return False
+        return verify_record(bytes.fromhex(p["pk"]), bytes.fromhex(p["sig"]), self.ns, self.id, self.memory_type,
+                             self.content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +164,7 @@ class MemoryClient:
 
     def __init__(self, url: str, identity: Identity, *, binary: bool = True, timeout_s: float = 30.0,
                  grants: Iterable[str] = (), connect_timeout_s: float = 10.0, watch_buffer_max: int = 1024,
-                 frame_bytes_max: int = 1024 * 1024, session: bool = True,
+                 frame_bytes_max: int = 1024 * 1024, session: bool = True, sign_records: bool = True,
                  node_public_key: bytes | None = None) -> None:
         self.url = url
         self.identity = identity
@@ -166,6 +178,7 @@ class MemoryClient:
         # session=True: one signed handshake per connection, then HMAC'd requests (~50x cheaper to
         # check than a signature). node_public_key, if given, pins the node's identity.
         self.session = session
+        self.sign_records = sign_records
         self.node_public_key = node_public_key
         self._auth: tuple[WebSocketConnection, int, bytes] | None = None
         self._ctr = 0
@@ -349,8 +362,14 @@ class MemoryClient:
     # ---- memories ----
     async def store(self, ns: str, content: str, *, memory_type: str = "note", metadata: dict[str, Any] | None = None,
                     id: str | None = None, vector: builtins.list[float] | None = None, embedder: str | None = None,
-                    ttl_s: float | None = None) -> StoreResult:
+                    ttl_s: float | None = None, sign: bool | None = None) -> StoreResult:
+        """Store a memory. With `sign` (default: the client's `sign_records`) the record carries the
+        author's signature over (ns, id, memory_type, content), which any reader can check."""
         data: dict[str, Any] = {"content": content, "memory_type": memory_type, "metadata": metadata or {}}
+        if self.sign_records if sign is None else sign:
+            id = id or uuid.uuid4().hex
+            sig = sign_record(self.identity, ns, id, memory_type, content)
+            data["sig"] = sig if self.binary else sig.hex()
         for k, val in (("id", id), ("vector", vector), ("embedder", embedder), ("ttl_s", ttl_s)):
             if val is not None:
                 data[k] = val

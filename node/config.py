@@ -53,3 +53,7 @@ class NodeConfig:
     seal_check_interval_s: float = 0.5
     """How often the node checks whether the vector buffer should be sealed into an annoy segment."""
     related_depth_max: int = 3
+    require_record_signatures: bool = False
+    """If True, memory.store must carry the author's record signature (crypto/provenance.py)."""
+    verify_threads: int = 2
+    """Worker threads checking record signatures in parallel (Ed25519 releases the GIL)."""

@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS memories(
     expires_ms INTEGER,
     deleted INTEGER NOT NULL DEFAULT 0,
     deleted_hlc INTEGER,
+    author_pk BLOB,
+    author_sig BLOB,
     UNIQUE(ns, id)
 );
 -- The atomic duplicate check: one live record per (namespace, content hash), enforced by SQLite

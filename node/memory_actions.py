@@ -12,7 +12,8 @@ import numpy as np
 import trio
 
 from crypto.envelope import Request
-from crypto.errors import Forbidden, InvalidArgument, TooLarge
+from crypto.errors import BadSignature, Forbidden, InvalidArgument, TooLarge
+from crypto.provenance import verify_record
 from node import link_store, memory_store
 from node import validate as v
 from node.memory_store import NewMemory, decode_cursor, encode_cursor
@@ -55,13 +56,41 @@ async def memory_store_action(svc: Service, req: Request, session: Session) -> A
             raise InvalidArgument("`embedder` names the embedder of a client-sent `vector`; none was sent")
         space = svc.embedder.embedder_id
         vector = await embed_text(svc, content)
+    author_sig = await _record_signature(svc, req, ns, mid, memory_type, content, explicit_id="id" in d)
     now = svc.wall_ms()
     m = NewMemory(
         ns=ns, id=mid, owner=req.agent_id, memory_type=memory_type, content=content, metadata=metadata,
         vector=vector, embedder=space, created=svc.stamp(),
         expires_ms=None if ttl_s is None else now + int(ttl_s * 1000),
+        author_sig=author_sig, author_pk=req.public_key if author_sig else None,
     )
     return await svc.db.write(lambda c: memory_store.store(c, m, now))
+
+
+async def _record_signature(svc: Service, req: Request, ns: str, mid: str, memory_type: str, content: str,
+                            *, explicit_id: bool) -> bytes | None:
+    """Check the author's record signature (`sig`) if sent; required if the node says so.
+    Verified in a worker thread: Ed25519 releases the GIL, so this uses the other core."""
+    raw = req.data.get("sig")
+    if raw is None:
+        if svc.config.require_record_signatures:
+            raise InvalidArgument("this node requires a record signature `sig` on memory.store")
+        return None
+    if isinstance(raw, str):
+        try:
+            raw = bytes.fromhex(raw)
+        except ValueError:
+            raise InvalidArgument("sig must be 64 bytes or 128 hex characters") from None
+    if not isinstance(raw, bytes) or len(raw) != 64:
+        raise InvalidArgument("sig must be 64 bytes or 128 hex characters")
+    if not explicit_id:
+        raise InvalidArgument("a signed record needs a client-chosen `id` (the signature covers it)")
+    sig = raw
+    ok = await trio.to_thread.run_sync(verify_record, req.public_key, sig, ns, mid, memory_type, content,
+                                       limiter=svc.verify_limiter)
+    if not ok:
+        raise BadSignature("the record signature `sig` does not verify for (ns, id, memory_type, content)")
+    return sig
 
 
 @action("memory.get", "read")

@@ -34,6 +34,8 @@ class NewMemory:
     embedder: str | None
     created: int
     expires_ms: int | None
+    author_sig: bytes | None = None  # the author's record signature (crypto/provenance.py), if sent
+    author_pk: bytes | None = None
 
 
 def content_hash(content: str) -> bytes:
@@ -105,9 +107,10 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
     try:
         cur = conn.execute(
             "INSERT INTO memories(ns, id, owner, memory_type, content, metadata, content_hash, vector,"
-            " embedder, created, expires_ms) VALUES(?,?,?,?,?,?,?,?,?,?,?)",
+            " embedder, created, expires_ms, author_pk, author_sig) VALUES(?,?,?,?,?,?,?,?,?,?,?,?,?)",
             (m.ns, m.id, m.owner, m.memory_type, m.content, json.dumps(m.metadata, separators=(",", ":")),
-             h, vec_blob, m.embedder if m.vector is not None else None, m.created, m.expires_ms),
+             h, vec_blob, m.embedder if m.vector is not None else None, m.created, m.expires_ms,
+             m.author_pk, m.author_sig),
         )
     except sqlite3.IntegrityError as e:  # only reachable if the checks above were bypassed
         raise Conflict(f"duplicate memory: {e}") from None
@@ -118,12 +121,15 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
 
 
 def get(conn: sqlite3.Connection, ns: str, mid: str, now_ms: int, *, include_vector: bool = False) -> dict[str, Any]:
-    row = conn.execute(f"SELECT {COLUMNS}, vector FROM memories WHERE ns=? AND id=?", (ns, mid)).fetchone()
+    row = conn.execute(f"SELECT {COLUMNS}, vector, author_pk, author_sig FROM memories WHERE ns=? AND id=?",
+                       (ns, mid)).fetchone()
     if row is None or not _is_live(row[10], row[9], now_ms):
         raise NotFound(f"no memory {mid!r} in namespace {ns!r}", id=mid)
     out = row_to_memory(row[:11])
     if include_vector and row[11] is not None:
         out["vector"] = np.frombuffer(row[11], dtype="<f4").tolist()
+    if row[13] is not None:
+        out["provenance"] = {"pk": bytes(row[12]).hex(), "sig": bytes(row[13]).hex(), "scheme": "mnemonet-record-v1"}
     return out
 
 

@@ -104,6 +104,7 @@ class Service:
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._grant_cache: dict[str, Grant] = {}
+        self.verify_limiter = trio.CapacityLimiter(config.verify_threads)
         self._load_grants()
         self.spaces.open_all(self.db.writer_sync())
 

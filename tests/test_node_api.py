@@ -351,3 +351,25 @@ async def test_session_and_signed_clients_interoperate(node: RunningNode) -> Non
         with pytest.raises(BadSignature):
             async with pinned:
                 pass
+
+
+@pytest.mark.parametrize("binary", [True, False])
+async def test_record_signatures_give_provenance(node: RunningNode, binary: bool) -> None:
+    from crypto.provenance import sign_record
+
+    me, other = Identity.generate(), Identity.generate()
+    async with node.client(me, binary=binary) as c:
+        r = await c.store(me.agent_id, "signed by its author", memory_type="fact")
+        m = await c.get(me.agent_id, r.id)
+        assert m.provenance is not None and m.verify_provenance()
+        unsigned = await c.store(me.agent_id, "no signature", sign=False)
+        assert not (await c.get(me.agent_id, unsigned.id)).verify_provenance()
+        # A signature by someone else, or over other content, is refused and nothing is stored.
+        bad = sign_record(other, me.agent_id, "x1", "note", "claimed text")
+        with pytest.raises(BadSignature):
+            await c.request("memory.store", me.agent_id, {"id": "x1", "content": "claimed text",
+                                                          "sig": bad if binary else bad.hex()})
+        with pytest.raises(NotFound):
+            await c.get(me.agent_id, "x1")
+        with pytest.raises(InvalidArgument):  # the signature covers the id: it must be the client's
+            await c.request("memory.store", me.agent_id, {"content": "t", "sig": "00" * 64})
