@@ -100,11 +100,15 @@ class ClientHandshake:
 
 def mac_request(key: bytes, sid: int, payload: dict[str, Any], *, binary: bool) -> dict[str, Any]:
     """Encode a session payload and MAC it into a frame {p, m, k}."""
-    if binary:
-        payload_bytes: bytes = msgpack.packb(payload, use_bin_type=True)
-        return {"p": payload_bytes, "m": mac(key, payload_bytes), "k": sid}
-    text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return {"p": text, "m": base64.b64encode(mac(key, text.encode("utf-8"))).decode("ascii"), "k": sid}
+    try:
+        if binary:
+            payload_bytes: bytes = msgpack.packb(payload, use_bin_type=True)
+            return {"p": payload_bytes, "m": mac(key, payload_bytes), "k": sid}
+        text = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        tag = mac(key, text.encode("utf-8"))
+    except (TypeError, ValueError, OverflowError) as e:
+        raise InvalidArgument(f"the payload cannot be encoded: {e}") from None
+    return {"p": text, "m": base64.b64encode(tag).decode("ascii"), "k": sid}
 
 
 @dataclass(frozen=True, slots=True)

@@ -82,14 +82,14 @@ def build_parser() -> argparse.ArgumentParser:
     ss = sgs.add_parser("set")
     client_opts(ss)
     ss.add_argument("ns")
-    ss.add_argument("key")
+    ss.add_argument("signal_key", metavar="KEY")
     ss.add_argument("value", type=_json_arg)
     ss.add_argument("--ttl", type=float, default=None)
     ss.add_argument("--if-version", type=int, default=None)
     sgg = sgs.add_parser("get")
     client_opts(sgg)
     sgg.add_argument("ns")
-    sgg.add_argument("key")
+    sgg.add_argument("signal_key", metavar="KEY")
 
     st = sub.add_parser("state", help="agent state: publish/get")
     sts = st.add_subparsers(dest="verb", required=True)
@@ -144,10 +144,10 @@ async def _client_cmd(args: argparse.Namespace) -> Any:
                               **({"context": m.context} if m.context else {})} for m in page.items],
                     "truncated": page.truncated}
         if args.cmd == "signal" and args.verb == "set":
-            return {"version": await c.signal_set(args.ns, args.key, args.value, ttl_s=args.ttl,
+            return {"version": await c.signal_set(args.ns, args.signal_key, args.value, ttl_s=args.ttl,
                                                   if_version=args.if_version)}
         if args.cmd == "signal":
-            s = await c.signal_get(args.ns, args.key)
+            s = await c.signal_get(args.ns, args.signal_key)
             return {"key": s.key, "value": s.value, "version": s.version, "writer": s.writer}
         if args.cmd == "state" and args.verb == "publish":
             return {"agent": c.agent_id, "version": await c.state_publish(args.doc)}

