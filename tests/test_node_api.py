@@ -373,3 +373,23 @@ async def test_record_signatures_give_provenance(node: RunningNode, binary: bool
             await c.get(me.agent_id, "x1")
         with pytest.raises(InvalidArgument):  # the signature covers the id: it must be the client's
             await c.request("memory.store", me.agent_id, {"content": "t", "sig": "00" * 64})
+
+
+async def test_resume_from_compacted_history_is_resync(nursery: trio.Nursery, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from crypto.errors import Resync
+    from node.config import NodeConfig
+    from tests.conftest import start_node
+
+    node = await start_node(nursery, Path(str(tmp_path)) / "n", NodeConfig(changes_retained=3, sweep_interval_s=3600))
+    me = Identity.generate()
+    async with node.client(me) as c, node.client(node.operator) as op:
+        for i in range(10):
+            await c.signal_set(me.agent_id, "k", i)
+        await op.request("admin.sweep")  # compacts the change log to the last 3 entries
+        with pytest.raises(Resync):
+            await c.watch(me.agent_id, key="k", since=1)
+        w = await c.watch(me.agent_id, key="k", since=8)  # still retained: replayed
+        with trio.fail_after(5):
+            assert [ch.event["value"] async for ch in _take(w, 2)] == [8, 9]
