@@ -120,6 +120,8 @@ def _rid(rid: object, config: EnvelopeConfig) -> int | str:
     if isinstance(rid, str):
         if len(rid) > config.rid_chars_max:
             raise TooLarge(f"rid is longer than {config.rid_chars_max} characters")
+        if not _is_utf8(rid):  # it is echoed in the reply, which must stay encodable
+            raise BadFrame("rid is not valid Unicode (lone surrogate)")
         return rid
     if type(rid) is int:  # not bool
         if not _INT_MIN <= rid <= _INT_MAX:
@@ -154,8 +156,8 @@ def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
         raise BadFrame(f"missing payload fields: {', '.join(missing)}")
     if type(f["v"]) is not int or f["v"] != VERSION:
         raise BadFrame(f"unsupported request version {_short(f['v'])}; this node speaks v{VERSION}")
-    if not isinstance(f["action"], str) or not f["action"]:
-        raise BadFrame("'action' must be a non-empty string")
+    if not isinstance(f["action"], str) or not f["action"] or not _is_utf8(f["action"]):
+        raise BadFrame("'action' must be a non-empty valid Unicode string")
     if f["ns"] is not None and not isinstance(f["ns"], str):
         raise BadFrame("'ns' must be a string or null")
     if not isinstance(f["data"], dict):
@@ -177,6 +179,14 @@ def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
             raise BadFrame("'grants' must be a list of grant token strings")
         if len(grants) > config.grants_max:
             raise TooLarge(f"more than {config.grants_max} grants in one request")
+
+
+def _is_utf8(s: str) -> bool:
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _short(value: object) -> str:

@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto.config import EnvelopeConfig
-from crypto.envelope import VERSION, Request, _decode_binary, _decode_text, _rid
+from crypto.envelope import VERSION, Request, _decode_binary, _decode_text, _is_utf8, _rid
 from crypto.errors import BadFrame, BadSignature, InvalidArgument, MnemonetError, Replay, TooLarge
 from crypto.identity import Identity, agent_id_of, verify_signature
 
@@ -151,8 +151,8 @@ def decode_session_request(frame: dict[str, Any], *, binary: bool, config: Envel
             raise BadFrame(f"missing payload fields: {', '.join(missing)}")
         if type(fields["v"]) is not int or fields["v"] != VERSION:
             raise BadFrame(f"unsupported request version; this node speaks v{VERSION}")
-        if not isinstance(fields["action"], str) or not fields["action"]:
-            raise BadFrame("'action' must be a non-empty string")
+        if not isinstance(fields["action"], str) or not fields["action"] or not _is_utf8(fields["action"]):
+            raise BadFrame("'action' must be a non-empty valid Unicode string")
         if fields["ns"] is not None and not isinstance(fields["ns"], str):
             raise BadFrame("'ns' must be a string or null")
         if not isinstance(fields["data"], dict):

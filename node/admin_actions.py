@@ -64,7 +64,10 @@ async def session_open(svc: Service, req: Request, session: Session) -> Any:
     if not req.signature:
         raise InvalidArgument("session.open must be a signed request, not a session request")
     raw = req.data.get("x25519")
-    client_eph = bytes.fromhex(raw) if isinstance(raw, str) and len(raw) == 64 else raw
+    try:
+        client_eph = bytes.fromhex(raw) if isinstance(raw, str) and len(raw) == 64 else raw
+    except ValueError:
+        raise InvalidArgument("x25519 must be 64 hex characters (or 32 bytes)") from None
     if not isinstance(client_eph, bytes) or len(client_eph) != 32:
         raise InvalidArgument("x25519 must be a 32-byte X25519 public key (bytes, or 64 hex chars)")
     try:
@@ -87,8 +90,9 @@ async def grant_put(svc: Service, req: Request, session: Session) -> Any:
 
     def put(conn: Any) -> Applied[dict[str, Any]]:
         conn.execute(
-            "INSERT INTO grants(gid, ns, grantee, exp_ms, token) VALUES(?,?,?,?,?) ON CONFLICT(gid) DO NOTHING",
-            (grant.gid, grant.ns, grant.grantee, grant.exp_ms, grant.token))
+            "INSERT INTO grants(ns, gid, grantee, exp_ms, token) VALUES(?,?,?,?,?) ON CONFLICT(ns, gid) DO UPDATE"
+            " SET grantee=excluded.grantee, exp_ms=excluded.exp_ms, token=excluded.token",
+            (grant.ns, grant.gid, grant.grantee, grant.exp_ms, grant.token))
         return Applied({"gid": grant.gid, "ns": grant.ns, "grantee": grant.grantee, "exp_ms": grant.exp_ms})
 
     return await svc.db.write(put)

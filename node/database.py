@@ -69,8 +69,8 @@ CREATE TABLE IF NOT EXISTS changes(
 );
 CREATE INDEX IF NOT EXISTS changes_by_topic ON changes(topic, ns, key, seq);
 CREATE TABLE IF NOT EXISTS grants(
-    gid TEXT PRIMARY KEY, ns TEXT NOT NULL, grantee TEXT NOT NULL, exp_ms INTEGER NOT NULL,
-    token TEXT NOT NULL
+    ns TEXT NOT NULL, gid TEXT NOT NULL, grantee TEXT NOT NULL, exp_ms INTEGER NOT NULL,
+    token TEXT NOT NULL, PRIMARY KEY(ns, gid)
 );
 CREATE INDEX IF NOT EXISTS grants_by_grantee ON grants(grantee, ns);
 CREATE TABLE IF NOT EXISTS revocations(ns TEXT NOT NULL, gid TEXT NOT NULL, token TEXT NOT NULL, PRIMARY KEY(ns, gid));

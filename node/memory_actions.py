@@ -56,7 +56,8 @@ async def memory_store_action(svc: Service, req: Request, session: Session) -> A
             raise InvalidArgument("`embedder` names the embedder of a client-sent `vector`; none was sent")
         space = svc.embedder.embedder_id
         vector = await embed_text(svc, content)
-    author_sig = await _record_signature(svc, req, ns, mid, memory_type, content, explicit_id="id" in d)
+    author_sig = await _record_signature(svc, req, ns, mid, memory_type, content,
+                                         explicit_id=d.get("id") is not None)
     now = svc.wall_ms()
     m = NewMemory(
         ns=ns, id=mid, owner=req.agent_id, memory_type=memory_type, content=content, metadata=metadata,
@@ -205,10 +206,12 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
         space = svc.embedder.embedder_id
         vector = await embed_text(svc, query)
     flt = compile_filter(d, svc.wall_ms())
-    expand = d.get("expand") or False
-    if not isinstance(expand, bool | dict):
+    expand = d.get("expand")
+    if expand is not None and not isinstance(expand, bool | dict):
         raise InvalidArgument("expand must be true/false or a map {depth, relation, direction, limit}")
-    expand_args = _related_args(svc, expand if isinstance(expand, dict) else {"limit": 5}) if expand else None
+    expand_args = None
+    if expand is True or isinstance(expand, dict):
+        expand_args = _related_args(svc, expand if isinstance(expand, dict) else {"limit": 5})
     index = svc.spaces.get(space)
     k = offset + limit + 1  # one extra tells whether a further page exists
 

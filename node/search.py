@@ -6,6 +6,7 @@ by the caller into the list of namespaces to search.
 
 from __future__ import annotations
 
+import math
 import re
 import sqlite3
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ import numpy as np
 
 from crypto.errors import InvalidArgument
 from node.memory_store import COLUMNS, row_to_memory
+from node.validate import check_text
 from node.vector_index import VectorIndex
 
 _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -39,6 +41,8 @@ def compile_filter(data: dict[str, Any], now_ms: int) -> SearchFilter:
         types = [mtype] if isinstance(mtype, str) else mtype
         if not isinstance(types, list) or not types or not all(isinstance(t, str) for t in types) or len(types) > 64:
             raise InvalidArgument("memory_type must be a string or a list of 1-64 strings", field="memory_type")
+        for t in types:
+            check_text(t, "memory_type", 64)
         conds.append(f"memory_type IN ({','.join('?' * len(types))})")
         args += types
     meta = data.get("metadata")
@@ -77,7 +81,12 @@ def compile_filter(data: dict[str, Any], now_ms: int) -> SearchFilter:
 
 
 def _scalar(v: Any) -> bool:
-    return v is None or isinstance(v, str | int | float | bool)
+    if isinstance(v, str):
+        check_text(v, "metadata", 4096)
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    return v is None or isinstance(v, int | bool)
 
 
 def run_search(

@@ -90,11 +90,27 @@ class NodeServer:
     async def _sender(self, ws: WebSocketConnection, session: Session) -> None:
         try:
             async for obj, binary in session.receive:
-                await ws.send_message(encode_frame(obj, binary=binary))
+                await ws.send_message(_encode_safely(obj, binary))
                 for notice, nbin in session.take_notices():
-                    await ws.send_message(encode_frame(notice, binary=nbin))
+                    await ws.send_message(_encode_safely(notice, nbin))
         except ConnectionClosed:
             pass
+
+
+def _encode_safely(obj: Any, binary: bool) -> bytes | str:
+    """Encode a reply; if it cannot be (a bug let a non-encodable value through), answer `internal`
+    for that request instead of failing the connection or the node."""
+    try:
+        message = encode_frame(obj, binary=binary)
+        if isinstance(message, str):
+            message.encode("utf-8")  # what the websocket layer will do; fail here, not there
+        return message
+    except (TypeError, ValueError, OverflowError) as e:
+        log.error("reply not encodable (%s); sent internal instead", type(e).__name__)
+        rid = obj.get("rid") if isinstance(obj, dict) else None
+        fallback = {"rid": rid if isinstance(rid, int) else None, "ok": False,
+                    "error": {"code": "internal", "message": "the reply could not be encoded"}}
+        return encode_frame(fallback, binary=binary)
 
 
 async def run_node(service: Service, host: str, port: int, *,

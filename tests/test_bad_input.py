@@ -40,9 +40,9 @@ def req(ident: Identity, action: str, ns: str | None, data: dict[str, Any], *, b
     return msgpack.packb(frame) if binary else json.dumps(frame)
 
 
-def ascii_json_request(ident: Identity, action: str, ns: str | None, data: dict[str, Any]) -> str:
+def ascii_json_request(ident: Identity, action: str, ns: str | None, data: dict[str, Any], **over: Any) -> str:
     """A text request whose payload JSON uses \\u escapes (so it may carry lone surrogates)."""
-    text = json.dumps(payload(ident, action, ns, data))
+    text = json.dumps(payload(ident, action, ns, data, **over))
     sig = ident.sign(REQUEST_DOMAIN + text.encode("ascii"))
     return json.dumps({"p": text, "s": base64.b64encode(sig).decode()})
 
@@ -105,6 +105,13 @@ def cases(alice: Identity, bob: Identity, frame_max: int) -> list[tuple[str, Cal
          "invalid_argument"),
         ("lone surrogate in ns", lambda: ascii_json_request(alice, "memory.get", "x\ud800", {"id": "a"}),
          "invalid_argument"),
+        ("lone surrogate in rid, unsigned", lambda: json.dumps({"p": '{"rid":"\\ud800"}', "s": "x"}), "bad_frame"),
+        ("lone surrogate in action", lambda: ascii_json_request(alice, "memory.\udc00", alice.agent_id, {}), "bad_frame"),
+        ("lone surrogate in search filter", lambda: ascii_json_request(
+            alice, "memory.search", alice.agent_id, {"query": "q", "metadata": {"k": "\ud800"}}), "invalid_argument"),
+        ("non-hex session key", lambda: req(alice, "session.open", None, {"x25519": "zz" * 32}), "invalid_argument"),
+        ("signed record without id", lambda: req(alice, "memory.store", alice.agent_id,
+                                                 {"id": None, "content": "c", "sig": "00" * 64}), "invalid_argument"),
         ("over-long ns", lambda: req(alice, "memory.get", "n" * 10_000, {"id": "a"}), "too_large"),
         ("malformed list cursor", lambda: req(alice, "memory.list", alice.agent_id,
                                               {"cursor": "WyJhIix7fV0"}), "invalid_argument"),
