@@ -142,6 +142,9 @@ def _ours(base: np.ndarray, queries: np.ndarray, truth: list[set[int]], cfg: Vec
     rng = np.random.default_rng(7)
     extra = base[rng.choice(base.shape[0], 4 * cfg.buffer_max)] + 0.01
     n = base.shape[0]
+    # A full buffer, sealed in a thread (seal + calibration if due) while this thread searches and adds.
+    index.add_many(np.arange(30 * n, 30 * n + cfg.buffer_max), extra[: cfg.buffer_max],
+                   np.zeros(cfg.buffer_max, dtype=np.int64))
     out["pause_seal"] = _pause_during(index, index.seal, queries, extra[: cfg.buffer_max], 10 * n)
     # The heaviest rebuild: drop 30% of rows, then compact rewrites everything as one segment.
     for key in range(0, n, 3):
