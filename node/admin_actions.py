@@ -9,13 +9,14 @@ import time
 from typing import Any
 
 from crypto.envelope import Request
-from crypto.errors import InvalidArgument
+from crypto.errors import BadSignature, InvalidArgument
 from crypto.grants import parse_grant, parse_revocation
 from crypto.session import COUNTER_WINDOW, accept_session
 from node import validate as v
 from node.database import Applied
 from node.service import Service, action
 from node.session import Session
+from node.validate import INT_MAX
 
 TOKEN_CHARS_MAX = 4096
 
@@ -86,7 +87,10 @@ async def grant_put(svc: Service, req: Request, session: Session) -> Any:
     grant = parse_grant(v.string(req.data, "grant", chars_max=TOKEN_CHARS_MAX))
     if grant.exp_ms <= svc.wall_ms():
         raise InvalidArgument("grant has already expired", gid=grant.gid)
-    svc.policy.add_grant(grant)  # raises BadSignature unless the owner signed it
+    if grant.exp_ms > INT_MAX:
+        raise InvalidArgument("grant expiry must fit in 64 signed bits", gid=grant.gid)
+    if not grant.issued_by_owner(svc.policy.operator_ids):
+        raise BadSignature("grant is not signed by the namespace owner", ns=grant.ns, gid=grant.gid)
 
     def put(conn: Any) -> Applied[dict[str, Any]]:
         conn.execute(
@@ -95,13 +99,16 @@ async def grant_put(svc: Service, req: Request, session: Session) -> Any:
             (grant.ns, grant.gid, grant.grantee, grant.exp_ms, grant.token))
         return Applied({"gid": grant.gid, "ns": grant.ns, "grantee": grant.grantee, "exp_ms": grant.exp_ms})
 
-    return await svc.db.write(put)
+    result = await svc.db.write(put)
+    svc.policy.add_grant(grant)  # only once stored: a grant that failed to persist must not work
+    return result
 
 
 @action("grant.revoke", "self", needs_ns=False)
 async def grant_revoke(svc: Service, req: Request, session: Session) -> Any:
     rev = parse_revocation(v.string(req.data, "revocation", chars_max=TOKEN_CHARS_MAX))
-    svc.policy.revoke(rev)  # raises BadSignature unless the namespace owner signed it
+    if not rev.issued_by_owner(svc.policy.operator_ids):
+        raise BadSignature("revocation is not signed by the namespace owner", ns=rev.ns, gid=rev.gid)
 
     def put(conn: Any) -> Applied[dict[str, Any]]:
         conn.execute("INSERT INTO revocations(ns, gid, token) VALUES(?,?,?) ON CONFLICT(ns, gid) DO NOTHING",
@@ -109,6 +116,8 @@ async def grant_revoke(svc: Service, req: Request, session: Session) -> Any:
         conn.execute("DELETE FROM grants WHERE gid=? AND ns=?", (rev.gid, rev.ns))
         return Applied({"gid": rev.gid, "revoked": True})
 
+    # Revoke at once (before the write): refusing access early is the safe side of a failure.
+    svc.policy.revoke(rev)
     return await svc.db.write(put)
 
 

@@ -6,6 +6,7 @@ Every write is acknowledged only after its transaction committed (fsync policy: 
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sqlite3
 from collections.abc import Callable
@@ -25,7 +26,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS namespaces(code INTEGER PRIMARY KEY, ns TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS memories(
-    rowid INTEGER PRIMARY KEY,
+    -- AUTOINCREMENT: a rowid is never reused, so a vector index key always means one record.
+    rowid INTEGER PRIMARY KEY AUTOINCREMENT,
     ns TEXT NOT NULL,
     id TEXT NOT NULL,
     owner TEXT NOT NULL,
@@ -101,6 +103,14 @@ def init_schema(conn: sqlite3.Connection) -> None:
         raise RuntimeError(f"database schema {row[0]} is newer than this program ({SCHEMA_VERSION})")
 
 
+def _in_read_txn(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:
+    conn.execute("BEGIN")
+    try:
+        return fn(conn)
+    finally:
+        conn.execute("COMMIT")
+
+
 @dataclass(frozen=True, slots=True)
 class Applied(Generic[T]):
     """What a write function returns: the caller's value and effects to apply once committed
@@ -131,13 +141,16 @@ class Database:
     search (read-your-writes) and change events are published in sequence order.
     """
 
-    def __init__(self, path: Path, *, fsync: str = "full", write_batch_max: int = 256) -> None:
+    def __init__(self, path: Path, *, fsync: str = "full", write_batch_max: int = 256, readers: int = 3) -> None:
         self.path = path
         self._writer = connect(path, fsync=fsync)
         init_schema(self._writer)
-        self._reader = connect(path, fsync=fsync, readonly=True)
+        # A small pool of reader connections (WAL readers never block each other or the writer),
+        # so one slow search does not queue every other client's reads behind it.
+        self._readers = [connect(path, fsync=fsync, readonly=True) for _ in range(max(1, readers))]
         self._write_limiter = trio.CapacityLimiter(1)
-        self._read_limiter = trio.CapacityLimiter(1)
+        self._read_limiter = trio.CapacityLimiter(len(self._readers))
+        self._closed = False
         self._queue_send, self._queue_recv = trio.open_memory_channel[_PendingWrite[Any]](math.inf)
         self._batch_max = write_batch_max
         self._running = False
@@ -151,8 +164,16 @@ class Database:
         return self._writer
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run a read-only function on the reader connection in a worker thread."""
-        return await trio.to_thread.run_sync(fn, self._reader, limiter=self._read_limiter)
+        """Run a read-only function on a pooled reader connection in a worker thread, inside one
+        read transaction (a consistent snapshot across all its queries)."""
+        async with self._read_limiter:
+            if self._closed:
+                raise Unavailable("storage is closed")
+            conn = self._readers.pop()
+            try:
+                return await trio.to_thread.run_sync(_in_read_txn, fn, conn)
+            finally:
+                self._readers.append(conn)
 
     async def write(self, fn: WriteFn[T]) -> T:
         """Queue a write, wait until its batch has committed, return its result or raise its error."""
@@ -178,16 +199,21 @@ class Database:
                         batch.append(self._queue_recv.receive_nowait())
                     except trio.WouldBlock:
                         break
-                # Shielded: once a batch is handed to SQLite we wait for its outcome, so an
-                # acknowledged write is never one whose commit we abandoned half way.
-                with trio.CancelScope(shield=True):
-                    committed = await trio.to_thread.run_sync(self._commit_batch, batch, limiter=self._write_limiter)
-                self.batches += 1
-                self.writes += len(batch)
-                if committed and self.on_commit is not None:
-                    self.on_commit([e for p in batch if p.error is None for e in p.result.effects])
-                for p in batch:
-                    p.done.set()
+                try:
+                    # Shielded: once a batch is handed to SQLite we wait for its outcome, so an
+                    # acknowledged write is never one whose commit we abandoned half way.
+                    with trio.CancelScope(shield=True):
+                        committed = await trio.to_thread.run_sync(self._commit_batch, batch,
+                                                                  limiter=self._write_limiter)
+                    self.batches += 1
+                    self.writes += len(batch)
+                    if committed and self.on_commit is not None:
+                        self.on_commit([e for p in batch if p.error is None for e in p.result.effects])
+                finally:
+                    for p in batch:
+                        if p.error is None and p.result is None:
+                            p.error = Unavailable("the write's batch did not complete")
+                        p.done.set()
         finally:
             self._running = False
             while True:
@@ -199,35 +225,49 @@ class Database:
                 p.done.set()
 
     def _commit_batch(self, batch: list[_PendingWrite[Any]]) -> bool:
+        """One transaction for the batch. Any SQLite failure that aborts the transaction (disk
+        full, I/O error) fails every write of the batch with `unavailable`: none was acknowledged."""
         conn = self._writer
         try:
             conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as e:
             for p in batch:
-                p.error = Unavailable(f"storage error: {e}")
-            return False
-        for p in batch:
-            conn.execute("SAVEPOINT op")
-            try:
-                p.result = p.fn(conn)
-            except MnemonetError as e:
-                p.error = e
-            except Exception as e:  # a bug in one op must not fail its batch neighbours
-                p.error = Internal(f"{type(e).__name__}: {e}")
-            if p.error is None:
-                conn.execute("RELEASE op")
-            else:
-                conn.execute("ROLLBACK TO op")
-                conn.execute("RELEASE op")
-        try:
+                conn.execute("SAVEPOINT op")
+                try:
+                    p.result = p.fn(conn)
+                except MnemonetError as e:
+                    p.error = e
+                except sqlite3.OperationalError as e:
+                    if not conn.in_transaction:
+                        raise  # SQLite aborted the whole transaction (disk full, I/O): fail the batch
+                    p.error = Unavailable(f"storage error: {e}")
+                except Exception as e:  # a bug in one op must not fail its batch neighbours
+                    p.error = Internal(f"{type(e).__name__}: {e}")
+                if p.error is None:
+                    conn.execute("RELEASE op")
+                else:
+                    conn.execute("ROLLBACK TO op")
+                    conn.execute("RELEASE op")
             conn.execute("COMMIT")
         except sqlite3.Error as e:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             for p in batch:
-                p.error = Unavailable(f"commit failed: {e}")
+                p.error = Unavailable(f"storage error, nothing written: {e}")
+                p.result = None
             return False
         return True
 
+    async def aclose(self) -> None:
+        """Wait for running reads, then close every connection (later calls get `unavailable`)."""
+        with trio.CancelScope(shield=True):
+            self._closed = True
+            for _ in range(int(self._read_limiter.total_tokens)):
+                await self._read_limiter.acquire_on_behalf_of(object())
+            async with self._write_limiter:
+                self.close()
+
     def close(self) -> None:
-        self._reader.close()
+        for conn in self._readers:
+            conn.close()
         self._writer.close()

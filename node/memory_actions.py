@@ -12,7 +12,7 @@ import numpy as np
 import trio
 
 from crypto.envelope import Request
-from crypto.errors import BadSignature, Forbidden, InvalidArgument, TooLarge
+from crypto.errors import BadSignature, Forbidden, InvalidArgument
 from crypto.provenance import verify_record
 from node import link_store, memory_store
 from node import validate as v
@@ -45,8 +45,7 @@ async def memory_store_action(svc: Service, req: Request, session: Session) -> A
     content = v.string(d, "content", chars_max=cfg.memory_content_chars_max)
     memory_type = v.string(d, "memory_type", "note", chars_max=64)
     metadata = v.mapping(d, "metadata", {})
-    if v.encoded_size(metadata) > cfg.metadata_bytes_max:
-        raise TooLarge(f"metadata is larger than {cfg.metadata_bytes_max} bytes", field="metadata")
+    v.stored_value(metadata, "metadata", cfg.metadata_bytes_max)
     ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=10 * 365 * 86400.0)
     vector = v.vector(d, "vector", cfg.dim)
     if vector is not None:

@@ -65,6 +65,18 @@ def _is_live(deleted: int, expires_ms: int | None, now_ms: int) -> bool:
     return not deleted and (expires_ms is None or expires_ms > now_ms)
 
 
+def bump_vector_epoch(conn: sqlite3.Connection) -> None:
+    """Count every change to the vectors in this transaction's database: the fingerprint a saved
+    index must match to be trusted at start-up (node/vector_spaces.py)."""
+    conn.execute("INSERT INTO meta(k, v) VALUES('vector_epoch', '1') ON CONFLICT(k) DO UPDATE"
+                 " SET v = CAST(CAST(v AS INTEGER) + 1 AS TEXT)")
+
+
+def vector_epoch(conn: sqlite3.Connection) -> int:
+    row = conn.execute("SELECT v FROM meta WHERE k='vector_epoch'").fetchone()
+    return int(row[0]) if row else 0
+
+
 def _retire(conn: sqlite3.Connection, rowid: int, hlc: int) -> None:
     """Turn a record into a tombstone: content and vector are dropped, the id stays taken."""
     conn.execute(
@@ -88,8 +100,10 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
             if bytes(old_hash) == h:
                 return Applied({"id": m.id, "created": False})
             raise Conflict(f"memory {m.id!r} exists with different content; memories are immutable", id=m.id)
-        # Expired but not yet swept: it is gone for readers, so the id may start a new life.
+        # Expired but not yet swept: it is gone for readers, so the id may start a new life
+        # (without the old record's links).
         conn.execute("DELETE FROM memories WHERE rowid=?", (rowid,))
+        conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (m.ns, m.id, m.ns, m.id))
         if old_space:
             effects.append(IndexRemove(old_space, rowid))
     dup = conn.execute(
@@ -117,6 +131,8 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
     rowid = int(cur.lastrowid or 0)
     if m.vector is not None and m.embedder:
         effects.append(IndexAdd(m.embedder, rowid, m.vector, namespace_code(conn, m.ns)))
+    if effects:
+        bump_vector_epoch(conn)
     return Applied({"id": m.id, "created": True, "hlc": m.created}, tuple(effects))
 
 
@@ -150,6 +166,8 @@ def delete(conn: sqlite3.Connection, ns: str, mid: str, hlc: int, now_ms: int) -
     _retire(conn, rowid, hlc)
     conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (ns, mid, ns, mid))
     effects = (IndexRemove(space, rowid),) if space else ()
+    if effects:
+        bump_vector_epoch(conn)
     return Applied({"id": mid, "deleted": True}, effects)
 
 
@@ -181,7 +199,7 @@ def list_page(
         args.append(memory_type)
     if cursor is not None:
         created, rowid = decode_cursor(cursor, 2)
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (created, rowid)):
+        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in (created, rowid)):
             raise InvalidArgument("malformed cursor")
         sql += " AND (created < ? OR (created = ? AND rowid < ?))"
         args += [created, created, rowid]
@@ -207,4 +225,6 @@ def sweep_expired(conn: sqlite3.Connection, now_ms: int, hlc: int, limit: int = 
         conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (ns, mid, ns, mid))
         if space:
             effects.append(IndexRemove(space, rowid))
+    if effects:
+        bump_vector_epoch(conn)
     return Applied(len(rows), tuple(effects))

@@ -16,7 +16,7 @@ import numpy as np
 
 from crypto.errors import InvalidArgument
 from node.memory_store import COLUMNS, row_to_memory
-from node.validate import check_text
+from node.validate import INT_MAX, INT_MIN, check_text
 from node.vector_index import VectorIndex
 
 _FIELD = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$")
@@ -73,8 +73,8 @@ def compile_filter(data: dict[str, Any], now_ms: int) -> SearchFilter:
     for name, op in (("created_after_ms", ">"), ("created_before_ms", "<")):
         v = data.get(name)
         if v is not None:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InvalidArgument(f"{name} must be a non-negative integer (unix ms)", field=name)
+            if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < 2**47 - 1:
+                raise InvalidArgument(f"{name} must be unix milliseconds (0 <= ms < 2**47)", field=name)
             conds.append(f"created {op} ?")
             args.append(v << HLC_SHIFT if op == "<" else ((v + 1) << HLC_SHIFT) - 1)
     return SearchFilter(" AND ".join(conds), tuple(args))
@@ -86,7 +86,9 @@ def _scalar(v: Any) -> bool:
         return True
     if isinstance(v, float):
         return math.isfinite(v)
-    return v is None or isinstance(v, int | bool)
+    if isinstance(v, int) and not isinstance(v, bool):
+        return INT_MIN <= v <= INT_MAX
+    return v is None or isinstance(v, bool)
 
 
 def run_search(

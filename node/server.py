@@ -47,6 +47,8 @@ class NodeServer:
         self.connections += 1
         try:
             await self._connection(ws)
+        except Exception:  # one connection's failure must never reach the listener (it would stop the node)
+            log.exception("connection handler failed")
         finally:
             self.connections -= 1
 
@@ -57,7 +59,7 @@ class NodeServer:
         inflight = trio.Semaphore(cfg.inflight_per_connection_max)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._sender, ws, session)
+                nursery.start_soon(self._sender, ws, session, nursery.cancel_scope)
                 try:
                     while True:
                         message = await ws.get_message()
@@ -87,7 +89,7 @@ class NodeServer:
         finally:
             inflight.release()
 
-    async def _sender(self, ws: WebSocketConnection, session: Session) -> None:
+    async def _sender(self, ws: WebSocketConnection, session: Session, connection: trio.CancelScope) -> None:
         try:
             async for obj, binary in session.receive:
                 await ws.send_message(_encode_safely(obj, binary))
@@ -95,6 +97,10 @@ class NodeServer:
                     await ws.send_message(_encode_safely(notice, nbin))
         except ConnectionClosed:
             pass
+        finally:
+            # Without a sender nothing drains the reply queue: requests blocked on it and the reader
+            # blocked on the in-flight limit would wait forever. End the whole connection.
+            connection.cancel()
 
 
 def _encode_safely(obj: Any, binary: bool) -> bytes | str:

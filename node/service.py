@@ -136,7 +136,7 @@ class Service:
         finally:
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(self.spaces.save_all, self.db.writer_sync())
-            self.db.close()
+                await self.db.aclose()
 
     async def _seal_loop(self) -> None:
         while True:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from crypto.envelope import Request
-from crypto.errors import Forbidden, InvalidArgument, NotFound, Resync, TooLarge
+from crypto.errors import Forbidden, InvalidArgument, NotFound, Resync
 from node import signal_store
 from node import validate as v
 from node.service import Deferred, Service, action
@@ -23,8 +23,7 @@ BACKLOG_MAX = 10_000  # changes replayed to a resuming watch; further behind mus
 def _value(svc: Service, d: dict[str, Any], name: str, limit: int) -> Any:
     if name not in d:
         raise InvalidArgument(f"field {name!r} is required", field=name)
-    if v.encoded_size(d[name]) > limit:
-        raise TooLarge(f"{name} is larger than {limit} bytes", field=name, limit=limit)
+    v.stored_value(d[name], name, limit)
     return d[name]
 
 

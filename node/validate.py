@@ -28,6 +28,13 @@ def check_text(v: str, name: str, chars_max: int) -> None:
         raise InvalidArgument(f"field {name!r} is not valid Unicode (lone surrogate)", field=name) from None
 
 
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x) and abs(x) < 3.4e38  # float32 range: vectors are stored as float32
+    except OverflowError:  # an int too large for a float
+        return False
+
+
 def _get(data: dict[str, Any], name: str, default: Any) -> Any:
     v = data.get(name, _MISSING)
     if v is _MISSING or v is None:
@@ -55,8 +62,8 @@ def integer(data: dict[str, Any], name: str, default: Any = _MISSING, *, lo: int
     v = _get(data, name, default)
     if v is default and default is not _MISSING:
         return v
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise InvalidArgument(f"field {name!r} must be an integer", field=name)
+    if isinstance(v, bool) or not isinstance(v, int) or not INT_MIN <= v <= INT_MAX:
+        raise InvalidArgument(f"field {name!r} must be a 64-bit integer", field=name)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise InvalidArgument(f"field {name!r} must be in [{lo}, {hi}]", field=name)
     return v
@@ -67,7 +74,7 @@ def number(data: dict[str, Any], name: str, default: Any = _MISSING, *, lo: floa
     v = _get(data, name, default)
     if v is default and default is not _MISSING:
         return v
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if isinstance(v, bool) or not isinstance(v, int | float) or not _finite(v):
         raise InvalidArgument(f"field {name!r} must be a finite number", field=name)
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise InvalidArgument(f"field {name!r} must be in [{lo}, {hi}]", field=name)
@@ -113,8 +120,8 @@ def vector(data: dict[str, Any], name: str, dim: int) -> np.ndarray | None:
             raise InvalidArgument(f"field {name!r}: float32 bytes must be a multiple of 4 long", field=name)
         arr = np.frombuffer(bytes(v), dtype="<f4").astype(np.float32)
     elif isinstance(v, list):
-        if not all(isinstance(x, int | float) and not isinstance(x, bool) for x in v):
-            raise InvalidArgument(f"field {name!r} must be a list of numbers", field=name)
+        if not all(isinstance(x, int | float) and not isinstance(x, bool) and _finite(x) for x in v):
+            raise InvalidArgument(f"field {name!r} must be a list of finite numbers", field=name)
         arr = np.asarray(v, dtype=np.float32)
     else:
         raise InvalidArgument(f"field {name!r} must be a list of numbers or float32 bytes", field=name)
@@ -129,11 +136,41 @@ def vector(data: dict[str, Any], name: str, dim: int) -> np.ndarray | None:
     return arr / norm
 
 
-def encoded_size(value: Any) -> int:
-    """Size of a JSON-able value as stored (compact JSON), for the byte limits."""
-    try:
-        return len(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
-    except UnicodeEncodeError:
-        raise InvalidArgument("value contains invalid Unicode (lone surrogate)") from None
-    except (TypeError, ValueError):
-        raise InvalidArgument("value is not representable as JSON (bytes or non-finite numbers?)") from None
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite, msgpack and every client language can hold
+DEPTH_MAX = 64
+
+
+def stored_value(value: Any, name: str, bytes_max: int) -> int:
+    """Check a JSON-like value a client wants stored (metadata, signal value, state document):
+    nesting <= DEPTH_MAX, ints within 64 bits, finite floats, string keys, valid Unicode, and its
+    compact JSON size <= bytes_max. Returns that size. Anything stored must be re-encodable for
+    every reader, in either frame form, or one writer could break every reader."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        x, depth = stack.pop()
+        if depth > DEPTH_MAX:
+            raise InvalidArgument(f"{name} is nested deeper than {DEPTH_MAX} levels", field=name)
+        if isinstance(x, dict):
+            for k, item in x.items():
+                if not isinstance(k, str):
+                    raise InvalidArgument(f"{name}: map keys must be strings", field=name)
+                check_text(k, name, bytes_max)
+                stack.append((item, depth + 1))
+        elif isinstance(x, list):
+            stack.extend((item, depth + 1) for item in x)
+        elif isinstance(x, str):
+            check_text(x, name, bytes_max)
+        elif isinstance(x, bool) or x is None:
+            pass
+        elif isinstance(x, int):
+            if not INT_MIN <= x <= INT_MAX:
+                raise InvalidArgument(f"{name}: integers must fit in 64 signed bits", field=name)
+        elif isinstance(x, float):
+            if not math.isfinite(x):
+                raise InvalidArgument(f"{name}: numbers must be finite", field=name)
+        else:
+            raise InvalidArgument(f"{name}: values must be JSON (no {type(x).__name__})", field=name)
+    size = len(json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode())
+    if size > bytes_max:
+        raise TooLarge(f"{name} is larger than {bytes_max} bytes", field=name, limit=bytes_max)
+    return size

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import shutil
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +19,7 @@ import numpy as np
 import trio
 
 from node.effects import IndexAdd
+from node.memory_store import vector_epoch
 from node.vector_index import VectorIndex, VectorIndexConfig
 
 log = logging.getLogger("mnemonet.index")
@@ -63,9 +65,12 @@ class VectorSpaces:
         A saved index is reused only if its fingerprint matches, else it is rebuilt from SQLite
         (so an index saved before a kill -9 is never trusted)."""
         row = conn.execute(
-            "SELECT COUNT(*), COALESCE(MAX(rowid), 0), COALESCE(MAX(deleted_hlc), 0),"
-            " COALESCE(SUM(deleted), 0) FROM memories WHERE embedder=?", (space,)).fetchone()
-        digest = hashlib.sha256(repr(tuple(int(x) for x in row)).encode()).digest()
+            "SELECT COUNT(*), COALESCE(MAX(rowid), 0), COALESCE(SUM(deleted), 0) FROM memories WHERE embedder=?",
+            (space,)).fetchone()
+        # vector_epoch counts every committed change to any vector, so any write after a save
+        # (even one that leaves counts and max rowid equal) invalidates the saved files.
+        state = (space, vector_epoch(conn), *(int(x) for x in row))
+        digest = hashlib.sha256(repr(state).encode()).digest()
         return int.from_bytes(digest[:7], "big")
 
     def _open(self, space: str, conn: sqlite3.Connection) -> VectorIndex:
@@ -80,7 +85,10 @@ class VectorSpaces:
     def _index(self, space: str) -> VectorIndex:
         idx = self.indexes.get(space)
         if idx is None:
+            # A space first seen since start-up had no live rows then: whatever files are on disk
+            # for it are stale by definition, so start from nothing.
             directory = self.root / space_dirname(space)
+            shutil.rmtree(directory, ignore_errors=True)
             directory.mkdir(parents=True, exist_ok=True)
             idx = self.indexes[space] = VectorIndex(self.dim, directory, self.config)
         return idx

@@ -12,10 +12,11 @@ from typing import Any
 import msgpack
 import pytest
 import trio
+import trio.testing
 from trio_websocket import open_websocket_url
 
 from crypto.envelope import REQUEST_DOMAIN, sign_payload, sign_request
-from crypto.errors import MnemonetError
+from crypto.errors import InvalidArgument, MnemonetError
 from crypto.grants import make_grant
 from crypto.identity import Identity
 from node.config import NodeConfig
@@ -215,3 +216,58 @@ async def test_session_frames_bad_mac_replay_unknown(node: RunningNode) -> None:
         # A session cannot open another session.
         assert (await call(ws, mframe(key, sid, 4, "session.open")))["error"]["code"] == "invalid_argument"
         assert (await call(ws, mframe(key, sid, 5)))["ok"]
+
+
+def _count_tasks(suffix: str) -> int:
+    stack = [trio.lowlevel.current_root_task()]
+    n = 0
+    while stack:
+        t = stack.pop()
+        n += t.name.endswith(suffix)
+        for nursery in t.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return n
+
+
+async def test_flood_then_abort_leaves_no_tasks_behind(node: RunningNode) -> None:
+    import socket
+
+    from trio_websocket import connect_websocket_url
+
+    alice = Identity.generate()
+    async with node.client(alice) as c:
+        await c.signal_set(alice.agent_id, "big", "x" * 60_000)
+    frames = [req(alice, "signal.get", alice.agent_id, {"key": "big"}) for _ in range(1200)]
+    async with trio.open_nursery() as cn:
+        ws = await connect_websocket_url(cn, node.url)
+        with trio.move_on_after(10):  # a bound, not a synchronisation: sends stop when buffers fill
+            for f in frames:
+                await ws.send_message(f)
+        # Abort the TCP connection with no close handshake, never having read a reply.
+        sock = ws._stream.socket  # type: ignore[attr-defined]
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        sock.close()
+        cn.cancel_scope.cancel()
+    with trio.fail_after(30):
+        while _count_tasks("._request") or _count_tasks("._sender"):
+            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            if _count_tasks("._request") or _count_tasks("._sender"):
+                await trio.lowlevel.checkpoint()
+    async with node.client(alice) as c:
+        assert (await c.health())["status"] == "ok"
+
+
+async def test_values_every_reader_can_decode(node: RunningNode) -> None:
+    """A JSON writer must not be able to store what a msgpack reader cannot receive."""
+    alice = Identity.generate()
+    async with node.client(alice, binary=False) as j, node.client(alice) as m:
+        deep: list[object] = []
+        for _ in range(70):
+            deep = [deep]
+        for value in ({"n": 10**30}, {"n": -(2**64)}, deep):
+            with pytest.raises(InvalidArgument):
+                await j.signal_set(alice.agent_id, "k", value)
+            with pytest.raises(InvalidArgument):
+                await j.store(alice.agent_id, "text", metadata={"v": value})
+        await j.signal_set(alice.agent_id, "k", {"n": 2**63 - 1})
+        assert (await m.signal_get(alice.agent_id, "k")).value == {"n": 2**63 - 1}

@@ -61,3 +61,28 @@ async def test_write_before_run_is_unavailable(tmp_path: Path) -> None:
 def test_bad_fsync_policy_rejected(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         Database(tmp_path / "t.sqlite3", fsync="sometimes")
+
+
+async def test_disk_full_fails_the_batch_cleanly_and_storage_recovers(tmp_path: Path) -> None:
+    db = Database(tmp_path / "t.sqlite3", fsync="normal")
+    conn = db.writer_sync()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    conn.execute(f"PRAGMA max_page_count={pages + 2}")  # a nearly full disk
+
+    def big(conn: sqlite3.Connection) -> Applied[int]:
+        conn.execute("INSERT INTO meta(k, v) VALUES('big', ?)", ("x" * 200_000,))
+        return Applied(1)
+
+    def small(conn: sqlite3.Connection) -> Applied[int]:
+        conn.execute("INSERT INTO meta(k, v) VALUES('small', 'y')")
+        return Applied(2)
+
+    async with trio.open_nursery() as n:
+        await n.start(db.run)
+        with pytest.raises(Unavailable):
+            await db.write(big)
+        conn.execute("PRAGMA max_page_count=1000000")  # space freed
+        assert await db.write(small) == 2
+        n.cancel_scope.cancel()
+    assert conn.execute("SELECT k FROM meta WHERE k IN ('big', 'small')").fetchall() == [("small",)]
+    await db.aclose()

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -101,3 +102,49 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
         if proc2.returncode is None:
             proc2.kill()
             await proc2.wait()
+
+
+async def test_index_saved_before_a_crash_is_not_trusted(tmp_path: Path) -> None:
+    """A crash after writes leaves index files older than SQLite; start-up must notice and rebuild,
+    even when the rows' count and max rowid happen to look the same (expired id stored again)."""
+    from node.config import NodeConfig
+    from node.server import run_node
+    from node.service import Service
+
+    me = Identity.generate()
+    node_key = Identity.generate()
+    clock = [time.time_ns() // 1_000_000]
+    dim = NodeConfig().dim
+    v1 = [0.0] * dim
+    v1[0] = 1.0
+    v2 = [0.0] * dim
+    v2[1] = 1.0
+
+    async def session(step: object, *, crash: bool = False) -> object:
+        async with trio.open_nursery() as n:
+            svc = Service(NodeConfig(sweep_interval_s=3600.0), tmp_path / "d", node_key, wall_ms=lambda: clock[0])
+            port = await n.start(run_node, svc, "127.0.0.1", 0)
+            if crash:
+                svc.spaces.save_all = lambda conn: None  # type: ignore[method-assign] # kill -9 saves nothing
+            async with MemoryClient(f"ws://127.0.0.1:{port}", me) as c:
+                out = await step(c)  # type: ignore[operator]
+            n.cancel_scope.cancel()
+        return out
+
+    async def first(c: MemoryClient) -> None:
+        await c.store(me.agent_id, "first", id="m", vector=v1, ttl_s=1)
+
+    async def second(c: MemoryClient) -> None:
+        clock[0] += 2000  # "m" has expired: the id may be stored again (within the replay window)
+        await c.store(me.agent_id, "second", id="m", vector=v2)
+
+    async def check(c: MemoryClient) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+        a = await c.search(vector=v2, ns=me.agent_id, limit=1)
+        b = await c.search(vector=v1, ns=me.agent_id, limit=1)
+        return [(m.content, round(m.score or 0, 3)) for m in a.items], [(m.content, round(m.score or 0, 3)) for m in b.items]
+
+    await session(first)
+    await session(second, crash=True)
+    by_v2, by_v1 = await session(check)  # type: ignore[misc]
+    assert by_v2 == [("second", 1.0)]
+    assert by_v1 == [("second", 0.0)]
