@@ -16,7 +16,8 @@ from node.effects import Change
 
 @dataclass(slots=True, eq=False)
 class Subscription:
-    """One watch. `deliver(push) -> bool` returns False when the connection's queue is full."""
+    """One watch. `deliver(push) -> bool` returns False when the connection's queue is full;
+    `allowed()` is asked before each delivery, so a revoked or expired grant stops the watch."""
 
     sub_id: int
     topic: str
@@ -28,6 +29,7 @@ class Subscription:
     live: bool = False
     buffered: list[Change] = field(default_factory=list)
     lost: bool = False
+    allowed: Callable[[], bool] | None = None
 
     def matches(self, c: Change) -> bool:
         if c.topic != self.topic or c.ns != self.ns:
@@ -52,18 +54,25 @@ class ChangeHub:
     a resuming watcher sees every change exactly once and in order.
     """
 
-    def __init__(self) -> None:
-        self._subs: dict[int, Subscription] = {}
+    def __init__(self, buffered_max: int = 1024) -> None:
+        # Indexed by (topic, ns): a change is matched only against watches of its own namespace.
+        self._by_ns: dict[tuple[str, str], dict[int, Subscription]] = {}
         self._ids = itertools.count(1)
+        self._count = 0
+        self.buffered_max = buffered_max
         self.overflows = 0
+        self.revoked = 0
 
     def open(self, topic: str, ns: str, key: str, exact: bool, deliver: Callable[[dict[str, Any]], bool],
-             since: int) -> Subscription:
-        sub = Subscription(next(self._ids), topic, ns, key, exact, deliver, last_seq=since)
-        self._subs[sub.sub_id] = sub
+             since: int, allowed: Callable[[], bool] | None = None) -> Subscription:
+        sub = Subscription(next(self._ids), topic, ns, key, exact, deliver, last_seq=since, allowed=allowed)
+        self._by_ns.setdefault((topic, ns), {})[sub.sub_id] = sub
+        self._count += 1
         return sub
 
     def go_live(self, sub: Subscription) -> None:
+        if sub.lost:
+            return
         for c in sub.buffered:
             if not sub.push(c):
                 self._overflow(sub)
@@ -71,29 +80,44 @@ class ChangeHub:
         sub.buffered.clear()
         sub.live = True
 
-    def close(self, sub_id: int) -> bool:
-        return self._subs.pop(sub_id, None) is not None
+    def close(self, sub: Subscription) -> bool:
+        subs = self._by_ns.get((sub.topic, sub.ns))
+        if subs is None or subs.pop(sub.sub_id, None) is None:
+            return False
+        if not subs:
+            del self._by_ns[(sub.topic, sub.ns)]
+        self._count -= 1
+        return True
 
     def publish(self, c: Change) -> None:
-        for sub in list(self._subs.values()):
+        subs = self._by_ns.get((c.topic, c.ns))
+        if not subs:
+            return
+        for sub in list(subs.values()):
             if not sub.matches(c):
                 continue
-            if not sub.live:
+            if sub.allowed is not None and not sub.allowed():
+                self.revoked += 1
+                self._end(sub, "forbidden", "watch ended: permission revoked or expired")
+            elif not sub.live:
                 sub.buffered.append(c)
+                if len(sub.buffered) > self.buffered_max:  # the client is not reading its replies
+                    self._overflow(sub)
             elif not sub.push(c):
                 self._overflow(sub)
 
     def _overflow(self, sub: Subscription) -> None:
         # The client reads too slowly: stop this watch rather than buffer without bound. It gets a
         # `resync` notice and can resume from its last seq (or re-read if that was compacted).
-        sub.lost = True
         self.overflows += 1
-        self._subs.pop(sub.sub_id, None)
-        sub.deliver({
-            "push": sub.topic, "sub": sub.sub_id, "seq": sub.last_seq,
-            "error": {"code": "resync", "message": "watch dropped: connection too slow; resume from seq",
-                      "details": {"last_seq": sub.last_seq}},
-        })
+        self._end(sub, "resync", "watch dropped: connection too slow; resume from seq")
+
+    def _end(self, sub: Subscription, code: str, message: str) -> None:
+        sub.lost = True
+        sub.buffered.clear()
+        self.close(sub)
+        sub.deliver({"push": sub.topic, "sub": sub.sub_id, "seq": sub.last_seq,
+                     "error": {"code": code, "message": message, "details": {"last_seq": sub.last_seq}}})
 
     def __len__(self) -> int:
-        return len(self._subs)
+        return self._count

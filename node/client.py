@@ -105,9 +105,15 @@ class Watch:
 
     def _deliver(self, push: dict[str, Any]) -> None:
         if "error" in push:
-            # The node dropped us (we read too slowly): resume from the last seq we processed.
             self.sub_id = None
-            self.client._nursery_start(self._resume)
+            err = error_from_wire(push["error"])
+            if err.code == "resync":
+                # The node dropped us (we read too slowly): resume from the last seq we processed.
+                self.client._nursery_start(self._resume)
+            else:  # e.g. forbidden: the grant behind this watch was revoked or expired
+                self.client._watches.pop(id(self), None)
+                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
+                    self._send.send_nowait(err)
             return
         seq = int(push.get("seq", 0))
         if seq <= self.last_seq:

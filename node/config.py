@@ -22,6 +22,8 @@ class NodeConfig:
     """Requests processed concurrently per connection; further frames wait (back-pressure on the socket)."""
     push_queue_max: int = 1024
     """Pushes (watch/subscribe events) buffered per connection before the slowest watch is dropped with `resync`."""
+    watches_per_connection_max: int = 256
+    """Open watches/subscriptions per connection; more get `too_large`."""
     connections_max: int = 1024
     """Concurrent client connections; more are refused at the handshake (HTTP 503)."""
     # --- authentication ---

@@ -12,7 +12,7 @@ import numpy as np
 import trio
 
 from crypto.envelope import Request
-from crypto.errors import BadSignature, Forbidden, InvalidArgument
+from crypto.errors import BadSignature, InvalidArgument
 from crypto.provenance import verify_record
 from node import link_store, memory_store
 from node import validate as v
@@ -106,13 +106,11 @@ async def memory_delete_action(svc: Service, req: Request, session: Session) -> 
     ns = req.ns or ""
     mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
     now = svc.wall_ms()
-    if not svc.policy.owns(req.agent_id, ns):
-        # In shared namespaces only the record's author (or the namespace owner) may delete it.
-        owner = await svc.db.read(lambda c: memory_store.owner_of(c, ns, mid, now))
-        if owner != req.agent_id:
-            raise Forbidden("only the memory's owner or the namespace owner may delete it", id=mid)
+    # In shared namespaces only the record's author (or the namespace owner) may delete it; checked
+    # inside the write transaction so the record cannot change between check and delete.
+    author = None if svc.policy.owns(req.agent_id, ns) else req.agent_id
     hlc = svc.stamp()
-    return await svc.db.write(lambda c: memory_store.delete(c, ns, mid, hlc, now))
+    return await svc.db.write(lambda c: memory_store.delete(c, ns, mid, hlc, now, author=author))
 
 
 @action("memory.list", "read")
@@ -166,17 +164,26 @@ def _related_args(svc: Service, d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _readable_fn(svc: Service, req: Request) -> Any:
+    """A `readable(ns)` for traversals that run in a worker thread: grants are parsed here, on the
+    trio thread, and the closure only reads the policy (no shared caches mutated off-thread)."""
+    grants, now = svc.grants_of(req), svc.wall_ms()
+    cache: dict[str, bool] = {}
+
+    def readable(ns: str) -> bool:
+        if ns not in cache:
+            cache[ns] = svc.policy.readable(req.agent_id, ns, grants, now, "memory.related")
+        return cache[ns]
+
+    return readable
+
+
 @action("memory.related", "read")
 async def memory_related_action(svc: Service, req: Request, session: Session) -> Any:
     mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
     args = _related_args(svc, req.data)
+    readable = _readable_fn(svc, req)
     now = svc.wall_ms()
-    readable_cache: dict[str, bool] = {}
-
-    def readable(ns: str) -> bool:
-        if ns not in readable_cache:
-            readable_cache[ns] = svc.readable(req, ns, "memory.related")
-        return readable_cache[ns]
 
     return await svc.db.read(lambda c: link_store.related(c, req.ns or "", mid, now_ms=now, readable=readable, **args))
 
@@ -232,12 +239,12 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
     if expand_args is not None and hits:
         now = svc.wall_ms()
 
+        readable = _readable_fn(svc, req)
+
         def expand_all(conn: Any) -> None:
             for h in hits:
-                h["context"] = link_store.related(
-                    conn, h["ns"], h["id"], now_ms=now, readable=lambda ns: svc.readable(req, ns, "memory.related"),
-                    **expand_args
-                )["items"]
+                h["context"] = link_store.related(conn, h["ns"], h["id"], now_ms=now, readable=readable,
+                                                  **expand_args)["items"]
 
         await svc.db.read(expand_all)
     return out

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from crypto.errors import Conflict, InvalidArgument, NotFound
+from crypto.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from node.database import Applied
 from node.effects import IndexAdd, IndexRemove
 
@@ -149,20 +149,17 @@ def get(conn: sqlite3.Connection, ns: str, mid: str, now_ms: int, *, include_vec
     return out
 
 
-def owner_of(conn: sqlite3.Connection, ns: str, mid: str, now_ms: int) -> str:
-    row = conn.execute("SELECT owner, deleted, expires_ms FROM memories WHERE ns=? AND id=?", (ns, mid)).fetchone()
-    if row is None or not _is_live(row[1], row[2], now_ms):
-        raise NotFound(f"no memory {mid!r} in namespace {ns!r}", id=mid)
-    return str(row[0])
-
-
-def delete(conn: sqlite3.Connection, ns: str, mid: str, hlc: int, now_ms: int) -> Applied[dict[str, Any]]:
+def delete(conn: sqlite3.Connection, ns: str, mid: str, hlc: int, now_ms: int, *,
+           author: str | None = None) -> Applied[dict[str, Any]]:
+    """Tombstone a memory; with `author`, only if that agent wrote it (else Forbidden)."""
     row = conn.execute(
-        "SELECT rowid, deleted, expires_ms, embedder FROM memories WHERE ns=? AND id=?", (ns, mid)
+        "SELECT rowid, deleted, expires_ms, embedder, owner FROM memories WHERE ns=? AND id=?", (ns, mid)
     ).fetchone()
     if row is None or not _is_live(row[1], row[2], now_ms):
         raise NotFound(f"no memory {mid!r} in namespace {ns!r}", id=mid)
-    rowid, _, _, space = row
+    rowid, _, _, space, owner = row
+    if author is not None and owner != author:
+        raise Forbidden("only the memory's owner or the namespace owner may delete it", id=mid)
     _retire(conn, rowid, hlc)
     conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (ns, mid, ns, mid))
     effects = (IndexRemove(space, rowid),) if space else ()

@@ -114,7 +114,8 @@ def run_search(
         return [], result.exhaustive
     keys = [h[0] for h in hits]
     rows = conn.execute(
-        f"SELECT {COLUMNS} FROM memories WHERE rowid IN ({','.join('?' * len(keys))})", keys).fetchall()
+        f"SELECT {COLUMNS} FROM memories WHERE rowid IN ({','.join('?' * len(keys))}) AND {flt.sql}",
+        (*keys, *flt.args)).fetchall()
     by_rowid = {r[0]: r for r in rows}
     out = [(row_to_memory(by_rowid[key]), float(score)) for key, score in hits if key in by_rowid]
     return out, result.exhaustive

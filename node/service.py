@@ -98,7 +98,7 @@ class Service:
         self.verifier = RequestVerifier(config.envelope)
         self.embedder = embedder or make_embedder(config.embedder, config.dim)
         self.clock = HybridClock(last=self._restore_clock())
-        self.hub = ChangeHub()
+        self.hub = ChangeHub(buffered_max=config.push_queue_max)
         self.spaces = VectorSpaces(data_dir / "index", config.dim)
         self.started_s = time.monotonic()
         self.requests: Counter[str] = Counter()

@@ -47,12 +47,13 @@ class Session:
 
     def pusher(self, binary: bool) -> Any:
         def deliver(push: dict[str, Any]) -> bool:
-            if "error" in push:
-                self.notices.append((push, binary))
-                return True
             try:
                 self.send.send_nowait((push, binary))
             except trio.WouldBlock:
+                if "error" in push:
+                    # The queue is full, so the sender is busy and will pick this up next round.
+                    self.notices.append((push, binary))
+                    return True
                 return False
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 return True  # connection is going away; close() removes the watch
@@ -67,7 +68,7 @@ class Session:
         sub = self.subscriptions.pop(sub_id, None)
         if sub is None:
             return False
-        self.hub.close(sub_id)
+        self.hub.close(sub)
         return True
 
     def take_notices(self) -> list[Outgoing]:
@@ -78,7 +79,7 @@ class Session:
         return out
 
     def close(self) -> None:
-        for sub_id in list(self.subscriptions):
-            self.hub.close(sub_id)
+        for sub in list(self.subscriptions.values()):
+            self.hub.close(sub)
         self.subscriptions.clear()
         self.send.close()

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from crypto.envelope import Request
-from crypto.errors import Forbidden, InvalidArgument, NotFound, Resync
+from crypto.errors import Forbidden, InvalidArgument, NotFound, Resync, TooLarge
 from node import signal_store
 from node import validate as v
 from node.service import Deferred, Service, action
@@ -17,7 +17,9 @@ from node.session import Session
 from ring.merge import Versioned
 
 KEY_CHARS_MAX = 256
-BACKLOG_MAX = 10_000  # changes replayed to a resuming watch; further behind must re-read (resync)
+# Changes replayed to a resuming watch; further behind must re-read (resync). The backlog goes out
+# through the connection's push queue (NodeConfig.push_queue_max), so it must fit well inside it.
+BACKLOG_MAX = 512
 
 
 def _value(svc: Service, d: dict[str, Any], name: str, limit: int) -> Any:
@@ -68,11 +70,21 @@ async def signal_list(svc: Service, req: Request, session: Session) -> Any:
 async def _open_watch(svc: Service, req: Request, session: Session, topic: str, ns: str, key: str,
                       exact: bool) -> Deferred:
     since = v.integer(req.data, "since", None, lo=0)
+    if len(session.subscriptions) >= svc.config.watches_per_connection_max:
+        raise TooLarge(f"at most {svc.config.watches_per_connection_max} watches per connection",
+                       limit=svc.config.watches_per_connection_max)
+    allowed = None
+    if topic == "signal":
+        # Re-checked at every delivery: a revoked or expired grant ends the watch (`forbidden`).
+        grants, action = svc.grants_of(req), req.action
+        allowed = lambda: svc.policy.readable(req.agent_id, ns, grants, svc.wall_ms(), action)  # noqa: E731
     # Open (buffering) before reading the current seq, so no change can fall between the two.
-    sub = svc.hub.open(topic, ns, key, exact, session.pusher(req.binary), since=since or 0)
+    sub = svc.hub.open(topic, ns, key, exact, session.pusher(req.binary), since=since or 0, allowed=allowed)
     session.add(sub)
     try:
         current = await svc.db.read(signal_store.last_seq)
+        if since is not None and since > current:
+            raise InvalidArgument(f"since={since} is ahead of this node's change log ({current})", current=current)
         if since is None:
             sub.last_seq = current
         elif since < current:

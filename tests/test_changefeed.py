@@ -66,3 +66,28 @@ def test_overflow_drops_the_watch_with_resync_notice() -> None:
     assert [p.get("seq") for p in sent[:2]] == [1, 2]
     assert sent[2]["error"]["code"] == "resync" and sent[2]["error"]["details"]["last_seq"] == 2
     assert len(hub) == 0 and hub.overflows == 1
+
+
+def test_permission_rechecked_at_each_delivery() -> None:
+    hub = ChangeHub()
+    ok = [True]
+    out: list[dict[str, Any]] = []
+    sub = hub.open("signal", "ns", "k", False, lambda p: out.append(p) or True, since=0, allowed=lambda: ok[0])
+    hub.go_live(sub)
+    hub.publish(ch(1))
+    ok[0] = False  # grant revoked
+    hub.publish(ch(2))
+    hub.publish(ch(3))
+    assert [p.get("seq") for p in out if "error" not in p] == [1]
+    assert out[-1]["error"]["code"] == "forbidden" and len(hub) == 0 and hub.revoked == 1
+
+
+def test_a_watch_that_never_goes_live_cannot_buffer_without_bound() -> None:
+    hub = ChangeHub(buffered_max=10)
+    out: list[dict[str, Any]] = []
+    sub = hub.open("signal", "ns", "k", False, lambda p: out.append(p) or True, since=0)
+    for seq in range(1, 50):
+        hub.publish(ch(seq))
+    assert sub.lost and sub.buffered == [] and out[-1]["error"]["code"] == "resync" and len(hub) == 0
+    hub.go_live(sub)  # too late: it was dropped
+    assert len(out) == 1

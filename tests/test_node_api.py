@@ -393,3 +393,38 @@ async def test_resume_from_compacted_history_is_resync(nursery: trio.Nursery, tm
         w = await c.watch(me.agent_id, key="k", since=8)  # still retained: replayed
         with trio.fail_after(5):
             assert [ch.event["value"] async for ch in _take(w, 2)] == [8, 9]
+
+
+async def test_watch_ends_when_its_grant_is_revoked(node: RunningNode) -> None:
+    alice, bob = Identity.generate(), Identity.generate()
+    now = node.service.wall_ms()
+    async with node.client(alice) as a, node.client(bob) as b:
+        grant = make_grant(alice, grantee=bob.agent_id, ns=alice.agent_id, actions=["read"], exp_ms=now + 60_000,
+                           now_ms=now)
+        gid = (await b.grant_put(grant))["gid"]
+        w = await b.watch(alice.agent_id, prefix="")
+        await a.signal_set(alice.agent_id, "public-ish", 1)
+        with trio.fail_after(5):
+            assert (await w.__anext__()).event["value"] == 1
+        await a.grant_revoke(make_revocation(alice, gid=gid, ns=alice.agent_id, now_ms=now))
+        await a.signal_set(alice.agent_id, "secret", "launch codes")
+        with trio.fail_after(5), pytest.raises(Forbidden):
+            await w.__anext__()
+
+
+async def test_watch_limits(nursery: trio.Nursery, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from crypto.errors import TooLarge
+    from node.config import NodeConfig
+    from tests.conftest import start_node
+
+    node = await start_node(nursery, Path(str(tmp_path)) / "n", NodeConfig(watches_per_connection_max=3))
+    me = Identity.generate()
+    async with node.client(me) as c:
+        with pytest.raises(InvalidArgument):  # resuming from the future would hide changes
+            await c.request("signal.watch", me.agent_id, {"key": "x", "since": 10**9})
+        for i in range(3):
+            await c.watch(me.agent_id, key=f"k{i}")
+        with pytest.raises(TooLarge):
+            await c.watch(me.agent_id, key="one too many")
