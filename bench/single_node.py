@@ -130,46 +130,63 @@ async def node_bench(url: str, n: int, tmp: Path) -> dict[str, Any]:
     me = Identity.generate()
     ns = me.agent_id
     out: dict[str, Any] = {}
-    async with MemoryClient(url, me, timeout_s=120) as c:
+    async with MemoryClient(url, me, timeout_s=120, session=False, sign_records=False) as c:
+        # Ed25519 on every request: the ceiling sessions remove.
+        out["health_signed_inflight16"] = await drive(lambda i: c.health(), n, 16)
+        out["store_signed_inflight16"] = await drive(
+            lambda i: c.store(ns, f"signed-request memory {i}: agents share facts", id=f"x{i}"), n, 16)
+    async with MemoryClient(url, me, timeout_s=120, sign_records=False) as c:
         await c.health()
         out["store_sequential"] = await drive(
             lambda i: c.store(ns, f"sequential memory {i}: agents share facts about deployments", id=f"s{i}"), n, 1)
         out["store_inflight16"] = await drive(
             lambda i: c.store(ns, f"concurrent memory {i}: quorum replicas acknowledge writes", id=f"c{i}"), 2 * n, 16)
+        out["store_inflight64"] = await drive(
+            lambda i: c.store(ns, f"deep-queue memory {i}: gossip spreads membership", id=f"d{i}"), 2 * n, 64)
         out["get_sequential"] = await drive(lambda i: c.get(ns, f"s{i % n}"), n, 1)
         out["get_inflight16"] = await drive(lambda i: c.get(ns, f"c{i % n}"), 2 * n, 16)
         out["search_small_inflight4"] = await drive(lambda i: c.search(f"memory {i} about replicas", ns=ns), n // 4, 4)
         out["health_inflight16"] = await drive(lambda i: c.health(), 2 * n, 16)
+    async with MemoryClient(url, me, timeout_s=120, sign_records=True) as c:
+        out["store_record_signed_inflight16"] = await drive(
+            lambda i: c.store(ns, f"record-signed memory {i}: provenance kept", id=f"r{i}"), 2 * n, 16)
     return out
 
 
 async def seal_pause_bench(url: str, n: int) -> dict[str, Any]:
-    """Write enough to trigger several seals while another task searches; worst latencies show
-    whether an index rebuild ever stalls the event loop."""
+    """Does an index rebuild delay requests? Load memories (16 in flight) while a probe sends
+    sequential health requests; compare the event-loop lag and probe latency in a phase with no
+    seals (fewer rows than the buffer holds) against a phase with several seals."""
     me = Identity.generate()
     ns = me.agent_id
-    search_lat: list[float] = []
-    async with MemoryClient(url, me, timeout_s=120) as c:
-        before = (await c.stats())["index"]
-        done = trio.Event()
+    out: dict[str, Any] = {}
+    async with MemoryClient(url, me, timeout_s=120, sign_records=False) as c, \
+            MemoryClient(url, Identity.generate(), timeout_s=120) as probe:
+        start = 0
+        for phase, count in (("no_seal", 3000), ("with_seals", n)):
+            before = await c.stats()
+            lat: list[float] = []
+            done = trio.Event()
 
-        async def searcher() -> None:
-            i = 0
-            while not done.is_set():
-                t = time.perf_counter()
-                await c.search(f"fact number {i} about the deployment", ns=ns)
-                search_lat.append(time.perf_counter() - t)
-                i += 1
+            async def prober(done: trio.Event = done, lat: list[float] = lat) -> None:
+                while not done.is_set():
+                    t = time.perf_counter()
+                    await probe.health()
+                    lat.append(time.perf_counter() - t)
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(searcher)
-            writes = await drive(lambda i: c.store(ns, f"fact number {i} about the deployment of service {i % 97}"),
-                                 n, 16)
-            done.set()
-        after = (await c.stats())["index"]
-    seals = sum(int(v.get("seals", 0)) for v in after.values()) - sum(int(v.get("seals", 0)) for v in before.values())
-    return {"writes": writes, "searches": {"count": len(search_lat), **pct(search_lat)}, "seals": seals,
-            "index_after": after}
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(prober)
+                writes = await drive(
+                    lambda i, s=start: c.store(ns, f"fact number {s + i} about the deployment of service {i % 97}"),
+                    count, 16)
+                done.set()
+            after = await c.stats()
+            start += count
+            seals = sum(int(v.get("seals", 0)) for v in after["index"].values()) - \
+                sum(int(v.get("seals", 0)) for v in before["index"].values())
+            out[phase] = {"writes": writes, "probe": {"count": len(lat), **pct(lat)}, "seals": seals,
+                          "loop_lag_max_ms": after["loop_lag_ms"]["max_since_last_stats"]}
+    return out
 
 
 def profile_summary(path: Path) -> list[dict[str, Any]]:
@@ -184,11 +201,17 @@ def profile_summary(path: Path) -> list[dict[str, Any]]:
     rows = []
     for name, needles in buckets.items():
         cum = 0.0
-        for (file, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
-            if func in needles and ("mnemonet" in file or "node" in file or "crypto" in file or "site-packages" in file
-                                    or "<built-in" in file or file == "~"):
+        for (_file, _line, func), (_cc, _nc, _tt, ct, _callers) in st.stats.items():  # type: ignore[attr-defined]
+            if func in needles:
                 cum = max(cum, ct)
         rows.append({"part": name, "seconds": round(cum, 3), "share": round(cum / total, 3)})
+    idle = sum(tt for (_f, _l, func), (_cc, _nc, tt, _ct, _c) in st.stats.items()  # type: ignore[attr-defined]
+               if func == "<method 'poll' of 'select.epoll' objects>")
+    rows.append({"part": "idle (epoll wait)", "seconds": round(idle, 3), "share": round(idle / total, 3)})
+    top = sorted(((tt, f"{file.rsplit('/', 1)[-1]}:{func}") for (file, _l, func), (_cc, _nc, tt, _ct, _c)
+                  in st.stats.items()), reverse=True)[:12]  # type: ignore[attr-defined]
+    rows += [{"part": f"top self time: {name}", "seconds": round(tt, 3), "share": round(tt / total, 3)}
+             for tt, name in top]
     return rows
 
 
@@ -209,7 +232,7 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         try:
             results[f"node_fsync_{fsync}"] = await node_bench(url, n, tmp)
             if fsync == "full":
-                results["seal_pause"] = await seal_pause_bench(url, 4000 if args.quick else 20000)
+                results["seal_pause"] = await seal_pause_bench(url, 8000 if args.quick else 20000)
         finally:
             stop(node)
     if args.profile:
@@ -219,9 +242,9 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         node, url = start(argv, tmp, "node-prof")
         try:
             me = Identity.generate()
-            async with MemoryClient(url, me, timeout_s=120) as c:
+            async with MemoryClient(url, me, timeout_s=120, sign_records=False) as c:
                 results["profiled_store_inflight16"] = await drive(
-                    lambda i: c.store(me.agent_id, f"profiled memory {i} about replicas"), n, 16)
+                    lambda i: c.store(me.agent_id, f"profiled memory {i} about replicas"), 2 * n, 16)
         finally:
             stop(node)
         results["profile"] = profile_summary(prof) if prof.exists() else "profile not written"
@@ -231,29 +254,37 @@ async def main_async(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
 def print_table(r: dict[str, Any]) -> None:
     e16 = r["echo"]["inflight16"]["ops_per_s"]
     eseq = r["echo"]["sequential"]["ops_per_s"]
-    rows = [("raw trio-websocket echo, sequential", eseq, r["echo"]["sequential"]["p50_ms"], "baseline"),
-            ("raw trio-websocket echo, 16 in flight", e16, None, "baseline")]
+    print(f"{'measure':<62} {'ops/s':>8} {'p50 ms':>7} {'vs echo seq':>11} {'vs echo 16':>10}")
+    print(f"{'raw trio-websocket echo, sequential (baseline)':<62} {eseq:>8.0f} "
+          f"{r['echo']['sequential']['p50_ms']:>7}")
+    print(f"{'raw trio-websocket echo, 16 in flight (baseline)':<62} {e16:>8.0f}")
+    labels = {
+        "health_signed_inflight16": "health, Ed25519 per request, 16 in flight",
+        "store_signed_inflight16": "memory.store, Ed25519 per request, 16 in flight",
+        "store_sequential": "memory.store, session, sequential",
+        "store_inflight16": "memory.store, session, 16 in flight",
+        "store_inflight64": "memory.store, session, 64 in flight",
+        "store_record_signed_inflight16": "memory.store, session + record signature, 16 in flight",
+        "get_sequential": "memory.get, session, sequential",
+        "get_inflight16": "memory.get, session, 16 in flight",
+        "search_small_inflight4": "memory.search (small namespace), 4 in flight",
+        "health_inflight16": "health, session, 16 in flight",
+    }
     for fsync in ("full", "normal"):
         nb = r[f"node_fsync_{fsync}"]
-        for key, label in (("store_sequential", "signed memory.store, sequential"),
-                           ("store_inflight16", "signed memory.store, 16 in flight"),
-                           ("get_sequential", "signed memory.get, sequential"),
-                           ("get_inflight16", "signed memory.get, 16 in flight"),
-                           ("search_small_inflight4", "memory.search (small ns), 4 in flight"),
-                           ("health_inflight16", "signed health (no storage), 16 in flight")):
+        for key, label in labels.items():
             x = nb[key]
-            base = eseq if x["inflight"] == 1 else e16
-            rows.append((f"{label} [fsync={fsync}]", x["ops_per_s"], x.get("p50_ms"), f"{x['ops_per_s'] / base:.0%} of echo"))
-    print(f"{'measure':<58} {'ops/s':>9} {'p50 ms':>8}  ratio")
-    for label, ops, p50, ratio in rows:
-        print(f"{label:<58} {ops:>9.0f} {p50 if p50 is not None else '':>8}  {ratio}")
-    sp = r["seal_pause"]
-    print(f"\nduring {sp['seals']} index seals: writes p99 {sp['writes']['p99_ms']} ms max {sp['writes']['max_ms']} ms; "
-          f"searches ({sp['searches']['count']}) p99 {sp['searches']['p99_ms']} ms max {sp['searches']['max_ms']} ms")
+            print(f"{label + f' [fsync={fsync}]':<62} {x['ops_per_s']:>8.0f} {x['p50_ms']:>7} "
+                  f"{x['ops_per_s'] / eseq:>11.0%} {x['ops_per_s'] / e16:>10.0%}")
+    print("\nindex rebuilds vs request delay (load of 16-in-flight stores, sequential health probe):")
+    for phase, x in r["seal_pause"].items():
+        print(f"  {phase:<11} seals {x['seals']:>2}  event-loop lag max {x['loop_lag_max_ms']:>6.1f} ms  "
+              f"probe p50 {x['probe']['p50_ms']} p99 {x['probe']['p99_ms']} max {x['probe']['max_ms']} ms  "
+              f"writes p99 {x['writes']['p99_ms']} max {x['writes']['max_ms']} ms")
     if isinstance(r.get("profile"), list):
-        print("\nprofile of the node under 16-in-flight stores (cumulative share of node CPU time):")
+        print("\nprofile of the node under 16-in-flight session stores (share of the node's run time):")
         for row in r["profile"]:
-            print(f"  {row['part']:<28} {row['share']:>6.1%}")
+            print(f"  {row['part']:<60} {row['share']:>6.1%}")
 
 
 def main() -> None:

@@ -52,10 +52,16 @@ async def stats(svc: Service, req: Request, session: Session) -> Any:
         "requests_per_s": round(total / uptime_s, 3) if uptime_s > 0 else 0.0,
         "storage": {"batches": svc.db.batches, "writes": svc.db.writes},
         "watches": len(svc.hub),
+        "loop_lag_ms": {"max": round(svc.lag_max_ms, 2), "max_since_last_stats": round(_take_window(svc), 2)},
         "verifier": svc.verifier.statistics(),
         "embedder": svc.embedder.embedder_id,
         "dim": svc.config.dim,
     }
+
+
+def _take_window(svc: Service) -> float:
+    out, svc.lag_window_max_ms = svc.lag_window_max_ms, 0.0
+    return out
 
 
 @action("session.open", "self", needs_ns=False)

@@ -101,6 +101,8 @@ class Service:
         self.hub = ChangeHub(buffered_max=config.push_queue_max)
         self.spaces = VectorSpaces(data_dir / "index", config.dim)
         self.started_s = time.monotonic()
+        self.lag_max_ms = 0.0
+        self.lag_window_max_ms = 0.0  # since the last `stats` call
         self.requests: Counter[str] = Counter()
         self.errors: Counter[str] = Counter()
         self._grant_cache: dict[str, Grant] = {}
@@ -132,6 +134,7 @@ class Service:
                 await nursery.start(self.db.run)
                 nursery.start_soon(self._seal_loop)
                 nursery.start_soon(self._sweep_loop)
+                nursery.start_soon(self._lag_loop)
                 task_status.started()
         finally:
             with trio.CancelScope(shield=True):
@@ -141,7 +144,21 @@ class Service:
     async def _seal_loop(self) -> None:
         while True:
             await trio.sleep(self.config.seal_check_interval_s)
-            await self.spaces.seal_if_needed()
+            try:
+                await self.spaces.seal_if_needed()
+            except OSError as e:  # e.g. disk full writing a segment: searches still work from the buffer
+                log.warning("index seal failed: %s", e)
+
+    async def _lag_loop(self) -> None:
+        """Event-loop lag: how late a 10 ms timer fires. Anything that blocks the loop (a long
+        search, an index swap, a GC pause) shows here; every request waiting then was delayed as much."""
+        period_s = 0.01
+        while True:
+            t0 = trio.current_time()
+            await trio.sleep(period_s)
+            lag_ms = (trio.current_time() - t0 - period_s) * 1000
+            self.lag_max_ms = max(self.lag_max_ms, lag_ms)
+            self.lag_window_max_ms = max(self.lag_window_max_ms, lag_ms)
 
     async def _sweep_loop(self) -> None:
         while True:

@@ -291,6 +291,7 @@ async def test_stats_and_health(node: RunningNode) -> None:
         s = await c.stats()
         assert s["counts"]["memories"] == 1 and s["requests"]["memory.store"] == 1
         assert s["uptime_s"] >= 0 and "index" in s
+        assert s["loop_lag_ms"]["max"] >= s["loop_lag_ms"]["max_since_last_stats"] >= 0
 
 
 async def test_json_text_frames_work_too(node: RunningNode) -> None:
