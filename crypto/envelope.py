@@ -146,12 +146,14 @@ def _signature(s: object, binary: bool) -> bytes:
     raise BadFrame(f"in a text frame 's' is the padded standard base64 of the {SIGNATURE_BYTES}-byte signature")
 
 
-def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
-    unknown = f.keys() - _KNOWN
+def check_common_fields(f: dict[Any, Any], known: frozenset[str], required: tuple[str, ...],
+                        config: EnvelopeConfig) -> None:
+    """The payload fields signed and MAC'd requests share: names, v, action, ns, data, grants."""
+    unknown = f.keys() - known
     if unknown:
         names = ", ".join(sorted(repr(k)[:40] for k in unknown)[:5])
         raise BadFrame(f"unknown payload fields: {names}")
-    missing = [k for k in _REQUIRED if k not in f]
+    missing = [k for k in required if k not in f]
     if missing:
         raise BadFrame(f"missing payload fields: {', '.join(missing)}")
     if type(f["v"]) is not int or f["v"] != VERSION:
@@ -162,6 +164,16 @@ def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
         raise BadFrame("'ns' must be a string or null")
     if not isinstance(f["data"], dict):
         raise BadFrame("'data' must be a map")
+    if "grants" in f:
+        grants = f["grants"]
+        if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
+            raise BadFrame("'grants' must be a list of grant token strings")
+        if len(grants) > config.grants_max:
+            raise TooLarge(f"more than {config.grants_max} grants in one request")
+
+
+def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
+    check_common_fields(f, _KNOWN, _REQUIRED, config)
     if type(f["ts"]) is not int or not _INT_MIN <= f["ts"] <= _INT_MAX:
         raise BadFrame("'ts' must be an integer: unix time in milliseconds")
     nonce = f["nonce"]
@@ -173,12 +185,6 @@ def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
         raise BadFrame("'pk' must be the lowercase hex of the 32-byte Ed25519 public key")
     if "aid" in f and not isinstance(f["aid"], str):
         raise BadFrame("'aid' must be a string: the agent id of 'pk'")
-    if "grants" in f:
-        grants = f["grants"]
-        if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
-            raise BadFrame("'grants' must be a list of grant token strings")
-        if len(grants) > config.grants_max:
-            raise TooLarge(f"more than {config.grants_max} grants in one request")
 
 
 def _is_utf8(s: str) -> bool:

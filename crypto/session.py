@@ -32,8 +32,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from crypto.config import EnvelopeConfig
-from crypto.envelope import VERSION, Request, _decode_binary, _decode_text, _is_utf8, _rid
-from crypto.errors import BadFrame, BadSignature, InvalidArgument, MnemonetError, Replay, TooLarge
+from crypto.envelope import Request, _decode_binary, _decode_text, _rid, check_common_fields
+from crypto.errors import BadFrame, BadSignature, InvalidArgument, MnemonetError, Replay
 from crypto.identity import Identity, agent_id_of, verify_signature
 
 SESSION_DOMAIN = b"mnemonet-session-v1\x00"
@@ -143,27 +143,9 @@ def decode_session_request(frame: dict[str, Any], *, binary: bool, config: Envel
                 raise BadFrame("'m' must be base64") from None
         if not isinstance(tag, bytes) or len(tag) != MAC_BYTES:
             raise BadFrame(f"'m' must be the {MAC_BYTES}-byte HMAC-SHA256")
-        unknown = fields.keys() - _SESSION_FIELDS
-        if unknown:
-            raise BadFrame(f"unknown payload fields: {', '.join(sorted(repr(k)[:40] for k in unknown)[:5])}")
-        missing = [k for k in _SESSION_REQUIRED if k not in fields]
-        if missing:
-            raise BadFrame(f"missing payload fields: {', '.join(missing)}")
-        if type(fields["v"]) is not int or fields["v"] != VERSION:
-            raise BadFrame(f"unsupported request version; this node speaks v{VERSION}")
-        if not isinstance(fields["action"], str) or not fields["action"] or not _is_utf8(fields["action"]):
-            raise BadFrame("'action' must be a non-empty valid Unicode string")
-        if fields["ns"] is not None and not isinstance(fields["ns"], str):
-            raise BadFrame("'ns' must be a string or null")
-        if not isinstance(fields["data"], dict):
-            raise BadFrame("'data' must be a map")
+        check_common_fields(fields, _SESSION_FIELDS, _SESSION_REQUIRED, config)
         if type(fields["ctr"]) is not int or not 0 < fields["ctr"] < 2**63:
             raise BadFrame("'ctr' must be a positive 63-bit integer")
-        grants = fields.get("grants", [])
-        if not isinstance(grants, list) or not all(isinstance(g, str) for g in grants):
-            raise BadFrame("'grants' must be a list of grant token strings")
-        if len(grants) > config.grants_max:
-            raise TooLarge(f"more than {config.grants_max} grants in one request")
     except MnemonetError as e:
         e.details.setdefault("rid", rid)
         raise

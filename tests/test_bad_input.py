@@ -250,7 +250,7 @@ async def test_flood_then_abort_leaves_no_tasks_behind(node: RunningNode) -> Non
         cn.cancel_scope.cancel()
     with trio.fail_after(30):
         while _count_tasks("._request") or _count_tasks("._sender"):
-            await trio.testing.wait_all_tasks_blocked(cushion=0.01)
+            await trio.testing.wait_all_tasks_blocked(cushion=0.001)  # the node wakes every 10 ms (lag monitor)
             if _count_tasks("._request") or _count_tasks("._sender"):
                 await trio.lowlevel.checkpoint()
     async with node.client(alice) as c:
