@@ -7,13 +7,10 @@ routes watch pushes, reconnects on demand and resumes watches from their last se
 from __future__ import annotations
 
 import builtins
-import contextlib
 import itertools
-import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -21,143 +18,14 @@ from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection
 
 from crypto.envelope import sign_request
 from crypto.errors import MnemonetError, TooLarge, Unavailable, UnknownAction, error_from_wire
-from crypto.identity import Identity, agent_id_of
-from crypto.provenance import sign_record, verify_record
+from crypto.identity import Identity
+from crypto.provenance import sign_record
 from crypto.session import ClientHandshake, NodeHello, mac_request
+from node.client_types import Memory, Page, Signal, StoreResult
 from node.codec import decode_frame, encode_frame
+from node.watch import Watch
 
 FRAME_BYTES_MAX = 64 * 1024 * 1024  # replies can be larger than requests (search pages)
-
-
-@dataclass(frozen=True, slots=True)
-class Memory:
-    id: str
-    ns: str
-    owner: str
-    memory_type: str
-    content: str
-    metadata: dict[str, Any]
-    created: int
-    score: float | None = None
-    context: list[dict[str, Any]] = field(default_factory=list)
-    expires_ms: int | None = None
-    vector: list[float] | None = None
-    provenance: dict[str, str] | None = None  # {"pk", "sig", "scheme"}: see verify_provenance()
-
-    @classmethod
-    def from_wire(cls, d: dict[str, Any]) -> Memory:
-        return cls(d["id"], d["ns"], d["owner"], d["memory_type"], d["content"], d.get("metadata") or {},
-                   d["created"], d.get("score"), d.get("context") or [], d.get("expires_ms"), d.get("vector"),
-                   d.get("provenance"))
-
-    def verify_provenance(self) -> bool:
-        """True if the record carries its author's signature and it checks out (trusting no node)."""
-        p = self.provenance
-        if not p or agent_id_of(bytes.fromhex(p["pk"])) != self.owner:
-            return False
-        return verify_record(bytes.fromhex(p["pk"]), bytes.fromhex(p["sig"]), self.ns, self.id, self.memory_type,
-                             self.content)
-
-
-@dataclass(frozen=True, slots=True)
-class StoreResult:
-    id: str
-    created: bool
-    duplicate: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Page:
-    items: list[Memory]
-    truncated: bool
-    next_cursor: str | None = None
-    exhaustive: bool = True
-
-
-@dataclass(frozen=True, slots=True)
-class Signal:
-    key: str
-    value: Any
-    version: int
-    writer: str
-    expires_ms: int | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Change:
-    """One pushed change: a signal set/delete/expire or a state publish."""
-
-    seq: int
-    event: dict[str, Any]
-
-
-class Watch:
-    """An open watch: iterate it for changes. Survives reconnects by resuming from `last_seq`."""
-
-    def __init__(self, client: MemoryClient, action: str, ns: str | None, data: dict[str, Any],
-                 buffer_max: int) -> None:
-        self.client = client
-        self.action, self.ns, self.data = action, ns, data
-        self.sub_id: int | None = None
-        self.last_seq = 0
-        self.resume = False  # True once last_seq is meaningful: reopen with `since`
-        self._send, self._recv = trio.open_memory_channel[Change | MnemonetError](buffer_max)
-
-    def _deliver(self, push: dict[str, Any]) -> None:
-        if "error" in push:
-            self.sub_id = None
-            err = error_from_wire(push["error"])
-            if err.code == "resync":
-                # The node dropped us (we read too slowly): resume from the last seq we processed.
-                self.client._nursery_start(self._resume)
-            else:  # e.g. forbidden: the grant behind this watch was revoked or expired
-                self.client._watches.pop(id(self), None)
-                with contextlib.suppress(trio.WouldBlock, trio.ClosedResourceError):
-                    self._send.send_nowait(err)
-            return
-        seq = int(push.get("seq", 0))
-        if seq <= self.last_seq:
-            return
-        try:
-            self._send.send_nowait(Change(seq, push.get("event") or {}))
-            self.last_seq = seq
-            self.resume = True
-        except trio.WouldBlock:
-            self.sub_id = None
-            self.client._watches.pop(id(self), None)
-            self.client._nursery_start(self._resume)
-
-    async def _open(self) -> None:
-        data = dict(self.data)
-        if self.resume:
-            data["since"] = self.last_seq
-        res = await self.client.request(self.action, self.ns, data, _watch=self)
-        if not self.resume:
-            self.last_seq = int(res["seq"])
-            self.resume = True
-
-    async def _resume(self) -> None:
-        try:
-            await self._open()
-        except MnemonetError as e:
-            await self._send.send(e)
-
-    def __aiter__(self) -> AsyncIterator[Change]:
-        return self
-
-    async def __anext__(self) -> Change:
-        item = await self._recv.receive()
-        if isinstance(item, MnemonetError):
-            raise item
-        return item
-
-    async def cancel(self) -> None:
-        self.client._watches.pop(id(self), None)
-        if self.sub_id is not None and self.client._ws is not None:
-            sub, self.sub_id = self.sub_id, None
-            with contextlib.suppress(MnemonetError):
-                await self.client.request("watch.cancel", None, {"sub": sub})
-        self._send.close()
 
 
 class MemoryClient:
@@ -486,61 +354,7 @@ class MemoryClient:
         return dict(await self.request("grant.revoke", None, {"revocation": token}))
 
 
-class BlockingMemoryClient:
-    """The same API for code that is not trio (scripts, threads, asyncio apps): a trio loop runs in
-    a background thread and each call blocks until its reply. Close it (or use `with`)."""
+# At the end: node/blocking_client.py imports MemoryClient from this (by now complete) module.
+from node.blocking_client import BlockingMemoryClient  # noqa: E402
 
-    def __init__(self, url: str, identity: Identity, **kwargs: Any) -> None:
-        self._client = MemoryClient(url, identity, **kwargs)
-        self._token: trio.lowlevel.TrioToken | None = None
-        self._ready = threading.Event()
-        self._stop: trio.Event | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="mnemonet-client", daemon=True)
-        self._thread.start()
-        self._ready.wait()
-        if self._error is not None:
-            raise self._error
-
-    def _run(self) -> None:
-        async def main() -> None:
-            self._token = trio.lowlevel.current_trio_token()
-            self._stop = trio.Event()
-            try:
-                async with self._client:
-                    self._ready.set()
-                    await self._stop.wait()
-            except BaseException as e:
-                self._error = e
-                self._ready.set()
-
-        trio.run(main)
-
-    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self._token is None or not self._thread.is_alive():
-            raise Unavailable("client is closed")
-
-        async def call() -> Any:
-            return await fn(*args, **kwargs)
-
-        return trio.from_thread.run(call, trio_token=self._token)
-
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._client, name)
-        if name in ("watch", "subscribe") or not callable(attr):
-            if callable(attr):
-                raise AttributeError(f"{name} streams pushes: use MemoryClient from trio code")
-            return attr
-        return lambda *a, **kw: self._call(attr, *a, **kw)
-
-    def close(self) -> None:
-        if self._token is not None and self._stop is not None and self._thread.is_alive():
-            trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
-        self._thread.join(timeout=10)
-
-    def __enter__(self) -> BlockingMemoryClient:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
+__all__ = ["BlockingMemoryClient", "Memory", "MemoryClient", "Page", "Signal", "StoreResult", "Watch"]
