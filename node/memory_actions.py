@@ -33,7 +33,7 @@ def client_space(name: str) -> str:
 
 async def embed_text(svc: Service, text: str) -> np.ndarray:
     if len(text) <= EMBED_INLINE_CHARS_MAX:
-        return svc.embedder.embed([text])[0]
+        return await svc.embed_batcher.embed(text)  # joins concurrent requests' texts into one call
     return (await trio.to_thread.run_sync(svc.embedder.embed, [text]))[0]
 
 

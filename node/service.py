@@ -27,6 +27,7 @@ from node.changefeed import ChangeHub
 from node.config import NodeConfig
 from node.database import Database
 from node.effects import Change, IndexAdd, IndexRemove
+from node.embed_batcher import EmbedBatcher
 from node.embedder import Embedder, make_embedder
 from node.permissions import AccessPolicy
 from node.session import Session
@@ -97,6 +98,7 @@ class Service:
         self.policy = AccessPolicy(operator_ids | {identity.agent_id}, config.public_namespace)
         self.verifier = RequestVerifier(config.envelope)
         self.embedder = embedder or make_embedder(config.embedder, config.dim)
+        self.embed_batcher = EmbedBatcher(self.embedder)
         self.clock = HybridClock(last=self._restore_clock())
         self.hub = ChangeHub(buffered_max=config.push_queue_max)
         self.spaces = VectorSpaces(data_dir / "index", config.dim)
