@@ -177,8 +177,8 @@ def _check_fields(f: dict[Any, Any], config: EnvelopeConfig) -> None:
     if type(f["ts"]) is not int or not _INT_MIN <= f["ts"] <= _INT_MAX:
         raise BadFrame("'ts' must be an integer: unix time in milliseconds")
     nonce = f["nonce"]
-    if not isinstance(nonce, str) or len(nonce) < config.nonce_chars_min:
-        raise BadFrame(f"'nonce' must be a string of at least {config.nonce_chars_min} characters")
+    if not isinstance(nonce, str) or len(nonce) < config.nonce_chars_min or not _is_utf8(nonce):
+        raise BadFrame(f"'nonce' must be a valid Unicode string of at least {config.nonce_chars_min} characters")
     if len(nonce) > config.nonce_chars_max:
         raise TooLarge(f"'nonce' is longer than {config.nonce_chars_max} characters")
     if not isinstance(f["pk"], str) or not _PK_HEX.fullmatch(f["pk"]):

@@ -96,13 +96,13 @@ class ChangeHub:
         for sub in list(subs.values()):
             if not sub.matches(c):
                 continue
-            if sub.allowed is not None and not sub.allowed():
-                self.revoked += 1
-                self._end(sub, "forbidden", "watch ended: permission revoked or expired")
-            elif not sub.live:
+            if not sub.live:  # permission was checked just now, at open; the reply is not sent yet
                 sub.buffered.append(c)
                 if len(sub.buffered) > self.buffered_max:  # the client is not reading its replies
                     self._overflow(sub)
+            elif sub.allowed is not None and not sub.allowed():
+                self.revoked += 1
+                self._end(sub, "forbidden", "watch ended: permission revoked or expired")
             elif not sub.push(c):
                 self._overflow(sub)
 

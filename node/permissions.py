@@ -38,6 +38,10 @@ class AccessPolicy:
     def add_grant(self, grant: Grant) -> None:
         if not grant.issued_by_owner(self.operator_ids):
             raise BadSignature("grant is not signed by the namespace owner", ns=grant.ns, gid=grant.gid)
+        # A grant replaces any earlier one with the same (ns, gid), whoever its grantee was.
+        for (_, ns), grants in self._stored.items():
+            if ns == grant.ns:
+                grants.pop(grant.gid, None)
         self._stored.setdefault((grant.grantee, grant.ns), {})[grant.gid] = grant
 
     def revoke(self, rev: Revocation) -> None:

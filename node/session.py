@@ -47,6 +47,8 @@ class Session:
 
     def pusher(self, binary: bool) -> Any:
         def deliver(push: dict[str, Any]) -> bool:
+            if "error" in push:  # the hub ended this watch: it no longer counts against the cap
+                self.subscriptions.pop(int(push.get("sub", 0)), None)
             try:
                 self.send.send_nowait((push, binary))
             except trio.WouldBlock:
@@ -74,8 +76,6 @@ class Session:
     def take_notices(self) -> list[Outgoing]:
         out = list(self.notices)
         self.notices.clear()
-        for obj, _ in out:
-            self.subscriptions.pop(int(obj.get("sub", 0)), None)
         return out
 
     def close(self) -> None:

@@ -118,11 +118,11 @@ def vector(data: dict[str, Any], name: str, dim: int) -> np.ndarray | None:
     if isinstance(v, bytes | bytearray):
         if len(v) % 4:
             raise InvalidArgument(f"field {name!r}: float32 bytes must be a multiple of 4 long", field=name)
-        arr = np.frombuffer(bytes(v), dtype="<f4").astype(np.float32)
+        arr = np.frombuffer(bytes(v), dtype="<f4").astype(np.float64)
     elif isinstance(v, list):
         if not all(isinstance(x, int | float) and not isinstance(x, bool) and _finite(x) for x in v):
             raise InvalidArgument(f"field {name!r} must be a list of finite numbers", field=name)
-        arr = np.asarray(v, dtype=np.float32)
+        arr = np.asarray(v, dtype=np.float64)
     else:
         raise InvalidArgument(f"field {name!r} must be a list of numbers or float32 bytes", field=name)
     if arr.shape[0] != dim:
@@ -130,10 +130,10 @@ def vector(data: dict[str, Any], name: str, dim: int) -> np.ndarray | None:
                                 expected=dim, got=int(arr.shape[0]))
     if not np.all(np.isfinite(arr)):
         raise InvalidArgument(f"field {name!r} contains NaN or infinity", field=name)
-    norm = float(np.linalg.norm(arr))
+    norm = float(np.linalg.norm(arr))  # in float64: float32 squares overflow for large components
     if norm == 0.0:
         raise InvalidArgument(f"field {name!r} is the zero vector", field=name)
-    return arr / norm
+    return (arr / norm).astype(np.float32)
 
 
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1  # what SQLite, msgpack and every client language can hold

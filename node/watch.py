@@ -28,6 +28,7 @@ class Watch:
         self.sub_id: int | None = None
         self.last_seq = 0
         self.resume = False  # True once last_seq is meaningful: reopen with `since`
+        self._stalled = False  # our buffer overflowed: the node's watch was cancelled until we drain
         self._send, self._recv = trio.open_memory_channel[Change | MnemonetError](buffer_max)
 
     def _deliver(self, push: dict[str, Any]) -> None:
@@ -50,9 +51,10 @@ class Watch:
             self.last_seq = seq
             self.resume = True
         except trio.WouldBlock:
-            self.sub_id = None
-            self.client._watches.pop(id(self), None)
-            self.client._nursery_start(self._resume)
+            # The consumer is behind: stop the node's watch (it would only pile up) and resume from
+            # last_seq once the consumer has drained what it has (see __anext__).
+            self._stalled = True
+            self._drop_remote()
 
     async def _open(self) -> None:
         data = dict(self.data)
@@ -76,12 +78,28 @@ class Watch:
         item = await self._recv.receive()
         if isinstance(item, MnemonetError):
             raise item
+        if self._stalled and self._recv.statistics().current_buffer_used == 0:
+            self._stalled = False
+            self.client._nursery_start(self._resume)
         return item
+
+    def _drop_remote(self) -> None:
+        old, self.sub_id = self.sub_id, None
+        if old is None:
+            return
+        self.client._by_sub.pop(old, None)
+
+        async def cancel_old() -> None:
+            with contextlib.suppress(MnemonetError):
+                await self.client.request("watch.cancel", None, {"sub": old})
+
+        self.client._nursery_start(cancel_old)
 
     async def cancel(self) -> None:
         self.client._watches.pop(id(self), None)
         if self.sub_id is not None and self.client._ws is not None:
             sub, self.sub_id = self.sub_id, None
+            self.client._by_sub.pop(sub, None)
             with contextlib.suppress(MnemonetError):
                 await self.client.request("watch.cancel", None, {"sub": sub})
         self._send.close()

@@ -113,6 +113,8 @@ def cases(alice: Identity, bob: Identity, frame_max: int) -> list[tuple[str, Cal
         ("non-hex session key", lambda: req(alice, "session.open", None, {"x25519": "zz" * 32}), "invalid_argument"),
         ("signed record without id", lambda: req(alice, "memory.store", alice.agent_id,
                                                  {"id": None, "content": "c", "sig": "00" * 64}), "invalid_argument"),
+        ("lone surrogate in nonce", lambda: ascii_json_request(alice, "health", None, {}, nonce="abcdefgh\ud800"),
+         "bad_frame"),
         ("over-long ns", lambda: req(alice, "memory.get", "n" * 10_000, {"id": "a"}), "too_large"),
         ("malformed list cursor", lambda: req(alice, "memory.list", alice.agent_id,
                                               {"cursor": "WyJhIix7fV0"}), "invalid_argument"),

@@ -429,3 +429,56 @@ async def test_watch_limits(nursery: trio.Nursery, tmp_path: object) -> None:
             await c.watch(me.agent_id, key=f"k{i}")
         with pytest.raises(TooLarge):
             await c.watch(me.agent_id, key="one too many")
+
+
+async def test_ended_watch_frees_its_slot_and_replaced_grant_is_gone(nursery: trio.Nursery, tmp_path: object) -> None:
+    from pathlib import Path
+
+    from node.config import NodeConfig
+    from tests.conftest import start_node
+
+    node = await start_node(nursery, Path(str(tmp_path)) / "n", NodeConfig(watches_per_connection_max=1))
+    alice, bob, carol = Identity.generate(), Identity.generate(), Identity.generate()
+    now = node.service.wall_ms()
+    async with node.client(alice) as a, node.client(bob) as b, node.client(carol) as c:
+        g = make_grant(alice, grantee=bob.agent_id, ns=alice.agent_id, actions=["read"], exp_ms=now + 60_000,
+                       now_ms=now, gid="same")
+        await b.grant_put(g)
+        w = await b.watch(alice.agent_id, prefix="")
+        # Alice re-issues gid "same" to carol: the grant to bob is replaced, so bob's watch ends.
+        await c.grant_put(make_grant(alice, grantee=carol.agent_id, ns=alice.agent_id, actions=["read"],
+                                     exp_ms=now + 60_000, now_ms=now, gid="same"))
+        await a.signal_set(alice.agent_id, "k", 1)
+        with trio.fail_after(5), pytest.raises(Forbidden):
+            await w.__anext__()
+        with pytest.raises(Forbidden):
+            await b.signal_get(alice.agent_id, "k")
+        assert (await c.signal_get(alice.agent_id, "k")).value == 1
+        # The ended watch no longer counts against bob's cap of one.
+        await b.watch(bob.agent_id, key="own")
+
+
+async def test_slow_watch_consumer_loses_nothing(node: RunningNode) -> None:
+    me = Identity.generate()
+    async with node.client(me, watch_buffer_max=4) as c, node.client(me) as writer:
+        w = await c.watch(me.agent_id, prefix="n/")
+        for i in range(40):
+            await writer.signal_set(me.agent_id, f"n/{i}", i)
+        got = []
+        with trio.fail_after(10):
+            async for ch in w:
+                got.append(ch.event["value"])
+                if len(got) == 40:
+                    break
+        assert got == list(range(40))
+        assert (await c.stats())["watches"] <= 1  # the stalled watch was cancelled, not leaked
+
+
+async def test_huge_vector_components_are_normalised_not_zeroed(node: RunningNode) -> None:
+    me = Identity.generate()
+    dim = node.service.config.dim
+    big = [1e20] * dim
+    async with node.client(me) as c:
+        await c.store(me.agent_id, "huge components", id="h", vector=big, embedder="mine")
+        hits = await c.search(vector=[1.0] * dim, ns=me.agent_id, embedder="mine")
+        assert hits.items[0].id == "h" and hits.items[0].score == pytest.approx(1.0, abs=1e-4)
