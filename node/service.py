@@ -217,7 +217,6 @@ class Service:
                 unverified: UnverifiedRequest = decode_request(frame, binary=binary, config=self.config.envelope)
                 rid = unverified.rid
                 req = self.verifier.verify(unverified, self.wall_ms())
-            session.note_agent(req.agent_id)
             result = await self.dispatch(req, session)
             self.requests[req.action] += 1
             if isinstance(result, Deferred):

@@ -26,7 +26,6 @@ class Session:
         self.subscriptions: dict[int, Subscription] = {}
         # Overflow notices bypass the bound: at most one per subscription, so still bounded.
         self.notices: deque[Outgoing] = deque()
-        self.agents: set[str] = set()
         self.auth: dict[int, SessionState] = {}  # authenticated sessions opened on this connection
         self._next_sid = 1
 
@@ -37,10 +36,6 @@ class Session:
         self.auth[state.sid] = state
         self._next_sid += 1
         return state
-
-    def note_agent(self, agent_id: str) -> None:
-        if len(self.agents) < 64:
-            self.agents.add(agent_id)
 
     async def reply(self, obj: dict[str, Any], binary: bool) -> None:
         await self.send.send((obj, binary))
