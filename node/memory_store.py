@@ -85,6 +85,11 @@ def _retire(conn: sqlite3.Connection, rowid: int, hlc: int) -> None:
     )
 
 
+def _drop_links(conn: sqlite3.Connection, ns: str, mid: str) -> None:
+    """A memory that ends (deleted, expired, replaced) takes its links in both directions with it."""
+    conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (ns, mid, ns, mid))
+
+
 def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[str, Any]]:
     h = content_hash(m.content)
     effects: list[Any] = []
@@ -103,7 +108,7 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
         # Expired but not yet swept: it is gone for readers, so the id may start a new life
         # (without the old record's links).
         conn.execute("DELETE FROM memories WHERE rowid=?", (rowid,))
-        conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (m.ns, m.id, m.ns, m.id))
+        _drop_links(conn, m.ns, m.id)
         if old_space:
             effects.append(IndexRemove(old_space, rowid))
     dup = conn.execute(
@@ -161,7 +166,7 @@ def delete(conn: sqlite3.Connection, ns: str, mid: str, hlc: int, now_ms: int, *
     if author is not None and owner != author:
         raise Forbidden("only the memory's owner or the namespace owner may delete it", id=mid)
     _retire(conn, rowid, hlc)
-    conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (ns, mid, ns, mid))
+    _drop_links(conn, ns, mid)
     effects = (IndexRemove(space, rowid),) if space else ()
     if effects:
         bump_vector_epoch(conn)
@@ -219,7 +224,7 @@ def sweep_expired(conn: sqlite3.Connection, now_ms: int, hlc: int, limit: int = 
     effects = []
     for rowid, ns, mid, space in rows:
         _retire(conn, rowid, hlc)
-        conn.execute("DELETE FROM links WHERE (ns=? AND from_id=?) OR (to_ns=? AND to_id=?)", (ns, mid, ns, mid))
+        _drop_links(conn, ns, mid)
         if space:
             effects.append(IndexRemove(space, rowid))
     if effects:
