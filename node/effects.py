@@ -17,6 +17,7 @@ class IndexAdd:
     rowid: int
     vector: np.ndarray
     group: int
+    expires_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -224,7 +224,7 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
     def work(conn: Any) -> tuple[list[tuple[dict[str, Any], float]], bool]:
         codes = [r[0] for r in conn.execute(
             f"SELECT code FROM namespaces WHERE ns IN ({','.join('?' * len(namespaces))})", namespaces)]
-        return run_search(conn, index, vector, k=k, groups=codes, flt=flt)
+        return run_search(conn, index, vector, k=k, groups=codes, flt=flt, expiring=svc.spaces.expiring)
 
     found, exhaustive = await svc.db.read(work)
     page = found[offset:offset + limit]

@@ -135,7 +135,7 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
         raise Conflict(f"duplicate memory: {e}") from None
     rowid = int(cur.lastrowid or 0)
     if m.vector is not None and m.embedder:
-        effects.append(IndexAdd(m.embedder, rowid, m.vector, namespace_code(conn, m.ns)))
+        effects.append(IndexAdd(m.embedder, rowid, m.vector, namespace_code(conn, m.ns), m.expires_ms))
     if effects:
         bump_vector_epoch(conn)
     return Applied({"id": m.id, "created": True, "hlc": m.created}, tuple(effects))

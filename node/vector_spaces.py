@@ -37,6 +37,9 @@ class VectorSpaces:
         self.dim = dim
         self.config = config or VectorIndexConfig()
         self.indexes: dict[str, VectorIndex] = {}
+        # rowid -> expires_ms of every indexed live record with a TTL (rowids are unique across
+        # spaces: AUTOINCREMENT), so unfiltered searches can skip SQL to rule out expired hits.
+        self.expiring: dict[int, int] = {}
         self._sealing = False
 
     def open_all(self, conn: sqlite3.Connection) -> None:
@@ -45,6 +48,8 @@ class VectorSpaces:
             "SELECT DISTINCT embedder FROM memories WHERE embedder IS NOT NULL AND deleted=0")]
         for space in spaces:
             self.indexes[space] = self._open(space, conn)
+        self.expiring = dict(conn.execute(
+            "SELECT rowid, expires_ms FROM memories WHERE expires_ms IS NOT NULL AND deleted=0 AND vector IS NOT NULL"))
 
     def _rows(self, conn: sqlite3.Connection, space: str) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         cur = conn.execute(
@@ -93,20 +98,20 @@ class VectorSpaces:
             idx = self.indexes[space] = VectorIndex(self.dim, directory, self.config)
         return idx
 
-    def add(self, space: str, rowid: int, vector: np.ndarray, group: int) -> None:
-        self._index(space).add(rowid, vector, group)
-
     def add_batch(self, adds: list[IndexAdd]) -> None:
         """Insert committed vectors, one add_many per space (per-call overhead dominates single adds)."""
         by_space: dict[str, list[IndexAdd]] = {}
         for a in adds:
             by_space.setdefault(a.space, []).append(a)
+            if a.expires_ms is not None:
+                self.expiring[a.rowid] = a.expires_ms
         for space, items in by_space.items():
             self._index(space).add_many(np.fromiter((a.rowid for a in items), dtype=np.int64, count=len(items)),
                                         np.stack([a.vector for a in items]),
                                         np.fromiter((a.group for a in items), dtype=np.int64, count=len(items)))
 
     def remove(self, space: str, rowid: int) -> None:
+        self.expiring.pop(rowid, None)
         idx = self.indexes.get(space)
         if idx is not None:
             idx.remove(rowid)

@@ -148,3 +148,33 @@ async def test_index_saved_before_a_crash_is_not_trusted(tmp_path: Path) -> None
     by_v2, by_v1 = await session(check)  # type: ignore[misc]
     assert by_v2 == [("second", 1.0)]
     assert by_v1 == [("second", 0.0)]
+
+
+async def test_ttl_survives_restart_for_search(tmp_path: Path) -> None:
+    """Expiry known before a restart still hides the record from unfiltered searches after it."""
+    from node.config import NodeConfig
+    from node.server import run_node
+    from node.service import Service
+
+    me, node_key = Identity.generate(), Identity.generate()
+    clock = [time.time_ns() // 1_000_000]
+
+    async def session(step: object) -> object:
+        async with trio.open_nursery() as n:
+            svc = Service(NodeConfig(sweep_interval_s=3600.0), tmp_path / "d", node_key, wall_ms=lambda: clock[0])
+            port = await n.start(run_node, svc, "127.0.0.1", 0)
+            async with MemoryClient(f"ws://127.0.0.1:{port}", me) as c:
+                out = await step(c)  # type: ignore[operator]
+            n.cancel_scope.cancel()
+        return out
+
+    async def write(c: MemoryClient) -> None:
+        await c.store(me.agent_id, "a short-lived note about the launch window", id="t", ttl_s=1)
+        await c.store(me.agent_id, "a lasting note about the launch window", id="p")
+
+    async def read(c: MemoryClient) -> list[str]:
+        clock[0] += 1500
+        return [m.id for m in (await c.search("note about the launch window", ns=me.agent_id)).items]
+
+    await session(write)
+    assert await session(read) == ["p"]
