@@ -256,7 +256,7 @@ def run(sizes: tuple[int, ...] = (10_000, 100_000), dim: int = 384, compare: boo
 
 
 def _print(results: dict[str, Any]) -> None:
-    header = ["data", "n", "exact p50 ms 1thr/dflt", "ours p50/p99 ms", "recall", "x 1thr/dflt",
+    header = ["data", "n", "exact p50 ms 1thr/dflt", "ours p50/p99 ms", "recall", "budget/probe", "x 1thr/dflt",
               "uncalibrated p50 rec", "pause seal/vac ms", "hnswlib qps rec", "chroma qps rec"]
     rows = []
     for r in results["runs"]:
@@ -269,6 +269,7 @@ def _print(results: dict[str, Any]) -> None:
         u = r.get("ours_uncalibrated")
         rows.append([r["dataset"], str(r["n"]), f"{r['exact']['p50_ms']:.2f}/{r['exact_blas_default']['p50_ms']:.2f}",
                      f"{o['p50_ms']:.2f}/{o['p99_ms']:.2f}", f"{o['recall']:.3f}",
+                     f"{o['budget']}/{o['calibration'].get('probe', '-')}" if o["budget"] != "exact" else "exact",
                      f"{r['speedup_p50']}/{r['speedup_p50_vs_blas_default']}",
                      f"{u['p50_ms']:.2f} {u['recall']:.3f}" if u else "-",
                      f"{o['pause_seal']['search_max_ms']:.1f}/{o['pause_vacuum']['search_max_ms']:.1f}",

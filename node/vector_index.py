@@ -1,11 +1,11 @@
-"""Log-structured vector index for one embedding space: exact buffer + sealed annoy segments.
+"""Log-structured vector index for one embedding space: exact buffer + sealed annoy/IVF segments.
 
 Owns the live vectors (by integer key, with a group code), candidate generation, exact re-rank,
 filtering with over-fetch, sealing/compaction and persistence; it must not know about SQLite,
 namespaces or text (the node maps keys to rows and passes ``accept`` for metadata filters).
 
 Layout: slots are rows of append-only arrays. Slots ``[0, sealed_upto)`` are covered by adjacent
-segments (each an annoy index over its slot range), ``[sealed_upto, n)`` is the buffer searched
+segments (an annoy forest, or IVF lists when large, over its slot range), ``[sealed_upto, n)`` is the buffer searched
 exactly. Removing a key only clears its ``alive`` bit (a tombstone until a rebuild drops it);
 re-adding a key appends a new slot. Heavy work (builds, vacuum copies) runs outside ``_lock``;
 searches take ``_lock`` only to copy a few references, and swaps are reference assignments.
@@ -24,10 +24,11 @@ from pathlib import Path
 import numpy as np
 
 from crypto.errors import DimensionMismatch, InvalidArgument
+from node.vector_ivf import IvfSegment, build_segment, load_segment
 from node.vector_segment import (
     MANIFEST,
     SavedIndex,
-    Segment,
+    SegmentLike,
     SegmentSpec,
     load_index,
     remove_unreferenced,
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 
 Accept = Callable[[np.ndarray], np.ndarray]
 K_CALIBRATION = 10  # calibration measures recall@10, the benchmark's metric
+# Shares of IVF lists probed that calibration tries (with the fetch multipliers), cheapest first.
+_PROBES = (0.015, 0.03, 0.06, 0.12, 0.2, 0.3, 0.45)
 RebuildSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
@@ -61,7 +64,11 @@ class VectorIndexConfig:
     recall_target: float = 0.95  # after builds, widen the ANN budget until sampled recall@10 reaches this,
     # or search exactly when that budget would cost over half an exact scan (0: never calibrate)
     calibration_queries: int = 64  # stored vectors used as sample queries (their own hit excluded)
-    seed: int = 1  # annoy, PCA sampling and calibration seed: same inputs -> same segments
+    seed: int = 1  # annoy, k-means, PCA sampling and calibration seed: same inputs -> same segments
+    ivf_rows_min: int = 16_384  # segments built over at least this many live rows are IVF (0: annoy only):
+    # 2*sqrt(n) k-means lists, scored on a PCA copy, exact re-rank of the best `fetch` x budget rows
+    ivf_projection_dim: int = 128  # width of the IVF segments' PCA copy (0: score the full vectors)
+    ivf_probe: float = 0.06  # share of IVF lists probed until calibration picks one
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +92,7 @@ class _View:
     alive: np.ndarray
     n: int
     sealed_upto: int
-    segments: tuple[Segment, ...]
+    segments: tuple[SegmentLike, ...]
     allowed: int  # live rows in the allowed groups when the view was taken
     live: int
 
@@ -99,7 +106,8 @@ class VectorIndex:
         self.dim = dim
         self.directory = directory
         self.config = config or VectorIndexConfig()
-        self.spec = SegmentSpec(self.config.n_trees, self.config.projection_dim, self.config.seed)
+        cfg = self.config
+        self.spec = SegmentSpec(cfg.n_trees, cfg.projection_dim, cfg.seed, cfg.ivf_rows_min, cfg.ivf_projection_dim)
         self._lock = threading.Lock()  # guards every field below; held only for O(batch) work
         self._build_lock = threading.Lock()  # one seal/compact/vacuum at a time
         self._save_lock = threading.Lock()
@@ -109,11 +117,12 @@ class VectorIndex:
         self._alive: np.ndarray
         self._n: int
         self._sealed_upto: int
-        self._segments: tuple[Segment, ...]
+        self._segments: tuple[SegmentLike, ...]
         self._slot_of: dict[int, int]
         self._group_live: dict[int, int]
         # ANN budget multiplier chosen by calibration; None: exact scans beat the ANN at the target.
         self._budget: float | None
+        self._probe: float  # share of each IVF segment's lists probed, also chosen by calibration
         self._calibration: dict[str, float]
         self._clear()
         self.watermark: int | None = None  # what save() stored; None when nothing was loaded
@@ -123,7 +132,7 @@ class VectorIndex:
         if directory is not None:
             directory.mkdir(parents=True, exist_ok=True)
             try:
-                self._restore(load_index(directory, dim, self.spec))
+                self._restore(load_index(directory, dim, self.spec, load_segment))
             except (OSError, ValueError, KeyError, TypeError, EOFError) as exc:
                 self.load_error = f"{type(exc).__name__}: {exc}"
                 if (directory / MANIFEST).exists():
@@ -223,11 +232,12 @@ class VectorIndex:
         if view.allowed <= cfg.exact_subset_max or sealed_items == 0 or budget is None:
             return self._exact(view, q, k, group_arr, accept)
         selectivity = view.allowed / max(view.live, 1)
-        factor = budget * (1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity)
-        fetch = max(cfg.fetch, k) * factor
-        search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * factor
+        widen = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
+        fetch = max(cfg.fetch, k) * budget * widen
+        search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * budget * widen
+        probe = self._probe * widen
         while fetch < sealed_items:
-            slots = self._candidates(view, q, int(fetch), int(search_k), sealed_items)
+            slots = self._candidates(view, q, int(fetch), int(search_k), sealed_items, probe)
             mask = view.alive[slots]
             if group_arr is not None:
                 mask &= np.isin(view.groups[slots], group_arr)
@@ -238,6 +248,7 @@ class VectorIndex:
             self._stats["retries"] += 1
             fetch *= cfg.fetch_growth
             search_k *= cfg.fetch_growth
+            probe *= cfg.fetch_growth
         return self._exact(view, q, k, group_arr, accept)
 
     def _view(self, group_arr: np.ndarray | None) -> _View:
@@ -247,12 +258,13 @@ class VectorIndex:
             return _View(self._vectors, self._keys, self._groups, self._alive, self._n,
                          self._sealed_upto, self._segments, allowed, live)
 
-    def _candidates(self, view: _View, q: np.ndarray, fetch: int, search_k: int, sealed_items: int) -> np.ndarray:
+    def _candidates(self, view: _View, q: np.ndarray, fetch: int, search_k: int, sealed_items: int,
+                    probe: float) -> np.ndarray:
         parts = [np.arange(view.sealed_upto, view.n, dtype=np.int64)]  # the buffer, scored exactly
         for seg in view.segments:
             share = seg.items / sealed_items
             count = min(seg.items, max(16, math.ceil(fetch * share)))
-            parts.append(seg.candidates(q, count, max(math.ceil(search_k * share), count)))
+            parts.append(seg.candidates(q, count, max(math.ceil(search_k * share), count), probe))
         return np.concatenate(parts)
 
     def _exact(self, view: _View, q: np.ndarray, k: int, group_arr: np.ndarray | None,
@@ -283,7 +295,7 @@ class VectorIndex:
                 vectors, alive = self._vectors, self._alive[start:stop].copy()
             if stop == start:
                 return
-            segment = Segment.build(vectors[start:stop], alive, start, self.spec, self.directory)
+            segment = build_segment(vectors[start:stop], alive, start, self.spec, self.directory)
             with self._lock:
                 self._segments = (*self._segments, segment)
                 self._sealed_upto = stop
@@ -316,7 +328,7 @@ class VectorIndex:
                     old = self._segments[first : last + 1]
                     start, stop = old[0].start, old[-1].stop
                     vectors, alive = self._vectors, self._alive[start:stop].copy()
-                merged = Segment.build(vectors[start:stop], alive, start, self.spec, self.directory)
+                merged = build_segment(vectors[start:stop], alive, start, self.spec, self.directory)
                 with self._lock:
                     self._segments = (*self._segments[:first], merged, *self._segments[last + 1 :])
                     self._stats["merges"] += 1
@@ -324,10 +336,11 @@ class VectorIndex:
             self._stats["compact_ms_last"] = (time.perf_counter() - started) * 1e3
 
     def _calibrate(self, force: bool = False) -> None:
-        """Pick the smallest ANN budget (1, 1.5, 2.25, ... x fetch and search_k) whose recall@10
-        on sample queries reaches ``recall_target``; or exact search when it is cheaper, or once a
-        budget still below the target costs a third of an exact scan. Runs after builds (worker
-        thread); skipped unless the live count changed by over 25% since the last calibration."""
+        """Pick the cheapest measured ANN budget whose recall@10 on sample queries reaches
+        ``recall_target``: a fetch (and annoy search_k) multiplier 1, 1.5, 2.25, ... and, with IVF
+        segments, a share of lists probed from ``_PROBES`` (multipliers 1, 2, 4, ... per share); or
+        exact search when no budget costing under a third of an exact scan reaches the target.
+        Runs after builds (worker thread); skipped unless the live count changed by over 25%."""
         if not (force or self._calibration_due()):
             return
         cfg = self.config
@@ -345,31 +358,44 @@ class VectorIndex:
             truth.append(set(np.argpartition(-scores, K_CALIBRATION)[:K_CALIBRATION].tolist()))
             time.sleep(0)  # a calibration must not starve the event loop either
         exact_s = (time.perf_counter() - started) / sample.size
-        budget: float | None = 1.0
+        ivf = any(isinstance(s, IvfSegment) for s in view.segments)
+        best: tuple[float, float, float, float] | None = None  # seconds, budget, probe, recall
         recall = 0.0
-        while budget is not None:
-            started = time.perf_counter()
-            found = 0
-            for slot, expected in zip(sample.tolist(), truth, strict=True):
-                q = view.vectors[slot]
-                fetch = max(cfg.fetch, K_CALIBRATION) * budget
-                search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
-                cands = self._candidates(view, q, int(fetch), int(search_k), sealed)
-                cands = cands[view.alive[cands] & (cands != slot)]
-                top = cands[np.argsort(-(view.vectors[cands] @ q))[:K_CALIBRATION]]
-                found += len(expected & set(top.tolist()))
-                time.sleep(0)
-            ann_s = (time.perf_counter() - started) / sample.size
-            recall = found / (K_CALIBRATION * sample.size)
-            if ann_s >= exact_s:  # small or hard data: scanning everything is cheaper
-                budget = None
-            elif recall < cfg.recall_target:
-                budget = None if (ann_s * 3 >= exact_s or budget >= 64) else budget * 1.5
-            else:
+        for probe in _PROBES if ivf else (cfg.ivf_probe,):
+            budget = 1.0
+            while True:
+                ann_s, recall = self._sampled_recall(view, sample, truth, budget, probe, sealed)
+                if ann_s >= min(exact_s, best[0] if best else exact_s):
+                    break  # wider budgets (and wider probes, at budget 1) only cost more
+                if recall >= cfg.recall_target:
+                    best = (ann_s, budget, probe, recall)
+                    break
+                if ann_s * 3 >= exact_s or budget >= 64:
+                    break
+                budget *= 2.0 if ivf else 1.5
+            if budget == 1.0 and ann_s >= min(exact_s, best[0] if best else exact_s):
                 break
-        self._budget = budget
-        self._calibration = {"live": float(view.live), "recall": round(recall, 4),
-                             "budget": budget or 0.0, "exact_ms": round(exact_s * 1e3, 3)}
+        self._budget, self._probe = (best[1], best[2]) if best else (None, cfg.ivf_probe)
+        self._calibration = {"live": float(view.live), "recall": round(best[3] if best else recall, 4),
+                             "budget": best[1] if best else 0.0, "probe": self._probe,
+                             "ann_ms": round(best[0] * 1e3, 3) if best else 0.0, "exact_ms": round(exact_s * 1e3, 3)}
+
+    def _sampled_recall(self, view: _View, sample: np.ndarray, truth: list[set[int]], budget: float,
+                        probe: float, sealed: int) -> tuple[float, float]:
+        """(seconds per query, recall@10) of the ANN path at ``budget``/``probe`` on ``sample``."""
+        cfg = self.config
+        started = time.perf_counter()
+        found = 0
+        for slot, expected in zip(sample.tolist(), truth, strict=True):
+            q = view.vectors[slot]
+            fetch = max(cfg.fetch, K_CALIBRATION) * budget
+            search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
+            cands = self._candidates(view, q, int(fetch), int(search_k), sealed, probe)
+            cands = cands[view.alive[cands] & (cands != slot)]
+            top = cands[np.argsort(-(view.vectors[cands] @ q))[:K_CALIBRATION]]
+            found += len(expected & set(top.tolist()))
+            time.sleep(0)
+        return (time.perf_counter() - started) / sample.size, found / (K_CALIBRATION * sample.size)
 
     def _merge_plan(self) -> tuple[int, int] | None:
         """(first, last) adjacent segments to rebuild as one, or None when the policy holds."""
@@ -405,6 +431,7 @@ class VectorIndex:
         self._slot_of = {}
         self._group_live = {}
         self._budget = 1.0
+        self._probe = self.config.ivf_probe
         self._calibration = {}
 
     def _kill(self, key: int) -> None:
@@ -471,7 +498,7 @@ class VectorIndex:
             time.sleep(0)
         new_keys, new_groups = np.empty(capacity, np.int64), np.empty(capacity, np.int64)
         new_keys[:m], new_groups[:m] = keys[live], groups[live]
-        segment = Segment.build(new_vectors[:m_sealed], np.ones(m_sealed, dtype=bool), 0, self.spec, self.directory)
+        segment = build_segment(new_vectors[:m_sealed], np.ones(m_sealed, dtype=bool), 0, self.spec, self.directory)
         slot_of = dict(zip(new_keys[:m].tolist(), range(m), strict=True))
         with self._lock:
             tail = self._n - n0
@@ -532,6 +559,7 @@ class VectorIndex:
         self._calibration = loaded.calibration
         if loaded.calibration:
             self._budget = loaded.calibration["budget"] or None
+            self._probe = loaded.calibration.get("probe", self.config.ivf_probe)
 
     def statistics(self) -> dict[str, object]:
         with self._lock:
@@ -542,6 +570,7 @@ class VectorIndex:
             }
         out.update(self._stats)
         out["budget"] = self._budget if self._budget is not None else "exact"
+        out["probe"] = self._probe
         out["calibration"] = dict(self._calibration)
         return out
 

@@ -11,8 +11,10 @@ import os
 import secrets
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 from annoy import AnnoyIndex
@@ -34,6 +36,22 @@ class SegmentSpec:
     n_trees: int
     projection_dim: int  # 0: annoy indexes the full vectors
     seed: int
+    ivf_rows_min: int = 0  # segments with at least this many live rows are IVF (node/vector_ivf.py); 0: never
+    ivf_projection_dim: int = 128  # IVF scores lists on a PCA copy of this width (0: the full vectors)
+
+
+class SegmentLike(Protocol):
+    """What the index needs of a sealed segment (annoy ``Segment`` or ``IvfSegment``)."""
+
+    start: int
+    stop: int
+    items: int
+    name: str
+    files: dict[str, list[int]]
+
+    def candidates(self, query: np.ndarray, count: int, search_k: int, probe: float = ...) -> np.ndarray: ...
+
+    def describe(self) -> dict[str, object]: ...
 
 
 class Segment:
@@ -79,8 +97,8 @@ class Segment:
             segment._save(directory)
         return segment
 
-    def candidates(self, query: np.ndarray, count: int, search_k: int) -> np.ndarray:
-        """Slots of up to ``count`` approximate neighbours of the unit ``query``."""
+    def candidates(self, query: np.ndarray, count: int, search_k: int, probe: float = 0.0) -> np.ndarray:
+        """Slots of up to ``count`` approximate neighbours of the unit ``query`` (``probe`` is IVF's)."""
         if self.items == 0 or count <= 0:
             return np.empty(0, dtype=np.int64)
         point = query if self._basis is None else (query - self._mean) @ self._basis
@@ -98,7 +116,7 @@ class Segment:
         self.files[f"{self.name}.ann"] = _fingerprint(directory / f"{self.name}.ann")
 
     def describe(self) -> dict[str, object]:
-        return {"name": self.name, "start": self.start, "stop": self.stop, "items": self.items,
+        return {"kind": "annoy", "name": self.name, "start": self.start, "stop": self.stop, "items": self.items,
                 "spec": asdict(self.spec), "projected": self._basis is not None, "files": self.files}
 
     @classmethod
@@ -136,13 +154,13 @@ class SavedIndex:
     groups: np.ndarray
     alive: np.ndarray
     sealed_upto: int
-    segments: tuple[Segment, ...]
+    segments: tuple[SegmentLike, ...]
     watermark: int
     calibration: dict[str, float]
 
 
 def save_index(directory: Path, dim: int, spec: SegmentSpec, arrays: dict[str, np.ndarray],
-               segments: tuple[Segment, ...], watermark: int, calibration: dict[str, float]) -> set[str]:
+               segments: tuple[SegmentLike, ...], watermark: int, calibration: dict[str, float]) -> set[str]:
     """Write the arrays, then the manifest naming them and the segments' files (atomic rename,
     fsynced). Returns the file names the manifest references."""
     token = secrets.token_hex(4)
@@ -175,8 +193,10 @@ def remove_unreferenced(directory: Path, keep: set[str]) -> None:
             path.unlink(missing_ok=True)
 
 
-def load_index(directory: Path, dim: int, spec: SegmentSpec) -> SavedIndex:
-    """Read and verify a saved index; raises ValueError/OSError/KeyError when anything is off."""
+def load_index(directory: Path, dim: int, spec: SegmentSpec,
+               load_segment: Callable[[Path, dict, np.ndarray], SegmentLike]) -> SavedIndex:
+    """Read and verify a saved index; raises ValueError/OSError/KeyError when anything is off.
+    ``load_segment(directory, meta, vectors)`` reopens one segment described in the manifest."""
     manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
     if manifest["format"] != FORMAT or manifest["dim"] != dim or SegmentSpec(**manifest["spec"]) != spec:
         raise ValueError("saved index has another format, dimension or segment spec")
@@ -189,7 +209,8 @@ def load_index(directory: Path, dim: int, spec: SegmentSpec) -> SavedIndex:
         arrays[name] = np.load(directory / file_name, allow_pickle=False)
     if arrays["vectors"].shape != (n, dim) or any(arrays[a].shape != (n,) for a in _ARRAYS[1:]):
         raise ValueError("saved arrays have the wrong shape")
-    segments = tuple(Segment.load(directory, meta, dim) for meta in manifest["segments"])
+    vectors = arrays["vectors"].astype(np.float32, copy=False)
+    segments = tuple(load_segment(directory, meta, vectors) for meta in manifest["segments"])
     edge = 0
     for seg in segments:
         if seg.start != edge or seg.stop > n:
@@ -197,7 +218,7 @@ def load_index(directory: Path, dim: int, spec: SegmentSpec) -> SavedIndex:
         edge = seg.stop
     if edge != int(manifest["sealed_upto"]):
         raise ValueError("sealed_upto disagrees with the segments")
-    return SavedIndex(arrays["vectors"].astype(np.float32, copy=False), arrays["keys"].astype(np.int64, copy=False),
+    return SavedIndex(vectors, arrays["keys"].astype(np.int64, copy=False),
                       arrays["groups"].astype(np.int64, copy=False), arrays["alive"].astype(bool, copy=False),
                       edge, segments, int(manifest["watermark"]),
                       {str(k): float(v) for k, v in dict(manifest["calibration"]).items()})

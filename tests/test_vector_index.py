@@ -10,19 +10,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from bench.datasets import clustered
 from crypto.errors import DimensionMismatch, InvalidArgument
 from node.vector_index import SearchResult, VectorIndex, VectorIndexConfig
+from node.vector_ivf import IvfSegment
+from node.vector_segment import SegmentSpec
 
 DIM = 32
 # recall_target=0: no calibration, so these tests exercise the ANN path even on tiny data.
 SMALL = VectorIndexConfig(buffer_max=64, n_trees=8, projection_dim=16, exact_subset_max=0, fetch=40,
                           search_k_min=400, recall_target=0.0)
 CALIBRATED = replace(SMALL, recall_target=0.95)
+# Every segment is IVF (k-means lists, PCA-8 copy, exact re-rank).
+IVF = replace(SMALL, ivf_rows_min=1, ivf_projection_dim=8, ivf_probe=0.2)
 
 
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
@@ -254,14 +258,18 @@ def test_searches_during_seal_and_compact_see_every_item() -> None:
         assert index.search(extra[j], 1).hits[0][0] == 100_000 + j
 
 
+MODEL_CONFIG = VectorIndexConfig(buffer_max=8, n_trees=3, projection_dim=4, exact_subset_max=6, fetch=4,
+                                 search_k_min=20, segments_max=3, accept_batch=4, recall_target=0.0)
+
+
 class IndexMatchesModel(RuleBasedStateMachine):
     """Random add/remove/seal/compact/search against a dict of vectors."""
 
+    config = MODEL_CONFIG
+
     def __init__(self) -> None:
         super().__init__()
-        cfg = VectorIndexConfig(buffer_max=8, n_trees=3, projection_dim=4, exact_subset_max=6, fetch=4,
-                                search_k_min=20, segments_max=3, accept_batch=4, recall_target=0.0)
-        self.index = VectorIndex(8, None, cfg)
+        self.index = VectorIndex(8, None, self.config)
         self.vectors: dict[int, np.ndarray] = {}
         self.groups: dict[int, int] = {}
         self.sealed_once = False
@@ -329,3 +337,103 @@ class IndexMatchesModel(RuleBasedStateMachine):
 
 IndexMatchesModel.TestCase.settings = settings(max_examples=150, stateful_step_count=40, deadline=None)
 TestIndexMatchesModel = IndexMatchesModel.TestCase
+
+
+class IvfIndexMatchesModel(IndexMatchesModel):
+    """The same model with every segment built as IVF (2 x sqrt(rows) lists, PCA-4 copy)."""
+
+    config = replace(MODEL_CONFIG, ivf_rows_min=1, ivf_projection_dim=4, ivf_probe=0.3)
+
+
+IvfIndexMatchesModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+TestIvfIndexMatchesModel = IvfIndexMatchesModel.TestCase
+
+
+def ivf_spec(projection_dim: int = 8) -> SegmentSpec:
+    return SegmentSpec(n_trees=1, projection_dim=0, seed=3, ivf_rows_min=1, ivf_projection_dim=projection_dim)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 400), seed=st.integers(0, 2**16), dead=st.floats(0.0, 0.9), start=st.integers(0, 50),
+       projection_dim=st.sampled_from([0, 4, 8]))
+def test_ivf_probing_every_list_is_brute_force(n: int, seed: int, dead: float, start: int,
+                                                projection_dim: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = clustered(n, DIM, seed, clusters=max(1, n // 50), rank=4)
+    alive = rng.random(n) >= dead
+    segment = IvfSegment.build(data, alive, start, ivf_spec(projection_dim))
+    assert segment.items == int(alive.sum()) and segment.stop == start + n
+    for q in unit(rng, 3):
+        slots = segment.candidates(q, n, 0, probe=1.0)
+        assert sorted(slots.tolist()) == (np.flatnonzero(alive) + start).tolist()
+        k = min(10, slots.size)
+        model = {int(s): data[s - start] for s in slots.tolist()}
+        expected = brute(model, dict.fromkeys(model, 0), q, k)
+        scores = data[slots - start] @ q
+        top = np.lexsort((slots, -scores))[:k]
+        assert slots[top].tolist() == [key for key, _ in expected]
+        # A narrower probe returns a subset of live slots, at most `count` of them.
+        some = segment.candidates(q, 7, 0, probe=0.1)
+        assert some.size <= 7 and set(some.tolist()) <= set(slots.tolist())
+
+
+def test_ivf_build_is_seeded() -> None:
+    data = clustered(3000, DIM, 5)
+    alive = np.ones(3000, dtype=bool)
+    a, b = (IvfSegment.build(data, alive, 0, ivf_spec()) for _ in range(2))
+    q = data[17]
+    assert a.lists == b.lists == round(2 * np.sqrt(3000))
+    np.testing.assert_array_equal(a.candidates(q, 50, 0, 0.1), b.candidates(q, 50, 0, 0.1))
+
+
+def test_ivf_recall_on_clustered_data() -> None:
+    cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=0, recall_target=0.0, ivf_rows_min=2000,
+                            ivf_projection_dim=32, ivf_probe=0.1)
+    data = clustered(4200, 64, 3)
+    base, queries = data[:4000], data[4000:]
+    index = VectorIndex(64, None, cfg)
+    index.add_many(np.arange(4000), base, np.zeros(4000, dtype=np.int64))
+    index.seal()
+    assert index.statistics()["segments"] == [4000]
+    assert isinstance(index._segments[0], IvfSegment)
+    found = 0
+    for q in queries:
+        truth = set(np.argsort(-(base @ q))[:10].tolist())
+        result = index.search(q, 10)
+        assert not result.exhaustive
+        found += len(truth & {k for k, _ in result.hits})
+    assert found / (10 * len(queries)) >= 0.95
+
+
+def test_ivf_calibration_picks_a_probe_and_budget() -> None:
+    cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=0, ivf_rows_min=2000, ivf_projection_dim=32)
+    index, data = filled(6000, cfg)
+    index.seal()
+    calibration = index.statistics()["calibration"]
+    assert isinstance(calibration, dict) and calibration["live"] == 6000
+    if calibration["budget"]:  # ANN was cheaper than exact here: it met the target
+        assert calibration["recall"] >= 0.95 and 0 < calibration["probe"] <= 0.45
+    else:
+        assert index.search(data[0], 5).exhaustive
+
+
+def test_ivf_persistence_round_trip(tmp_path: Path) -> None:
+    index, data = filled(900, IVF, directory=tmp_path, groups=2)
+    index.seal()
+    for key in range(0, 200, 3):
+        index.remove(key)
+    index.save(watermark=7)
+    meta = json.loads((tmp_path / "manifest.json").read_text())
+    assert [s["kind"] for s in meta["segments"]] == ["ivf"]
+    again = VectorIndex(DIM, tmp_path, IVF)
+    assert again.load_error is None and again.watermark == 7 and len(again) == len(index)
+    for q in data[200:240]:
+        assert again.search(q, 10, groups={1}) == index.search(q, 10, groups={1})
+        assert again.search(q, 10) == index.search(q, 10)
+    # A damaged IVF file is detected: the index starts empty and must be rebuilt.
+    name = meta["segments"][0]["name"] + ".npz"
+    raw = bytearray((tmp_path / name).read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    (tmp_path / name).write_bytes(bytes(raw))
+    broken = VectorIndex(DIM, tmp_path, IVF)
+    assert broken.load_error is not None and len(broken) == 0
