@@ -89,15 +89,15 @@ class IvfSegment:
         breaks = np.flatnonzero(lo[1:] != hi[:-1]) + 1
         run_lo = lo[np.concatenate(([0], breaks))]
         run_hi = hi[np.concatenate((breaks - 1, [lists.size - 1]))]
-        if run_lo.size == 1:
-            index = np.arange(run_lo[0], run_hi[0])
-            scores = self._copy[run_lo[0] : run_hi[0]] @ point
-        else:
-            index = np.concatenate([np.arange(a, b) for a, b in zip(run_lo.tolist(), run_hi.tolist(), strict=True)])
-            scores = np.concatenate([self._copy[a:b] @ point for a, b in zip(run_lo.tolist(), run_hi.tolist(),
-                                                                             strict=True)])
-        if scores.size > count:
-            index = index[np.argpartition(-scores, count - 1)[:count]]
+        lengths = run_hi - run_lo
+        offsets = np.concatenate(([0], np.cumsum(lengths)))
+        scores = np.empty(int(offsets[-1]), dtype=np.float32)
+        for a, b, at in zip(run_lo.tolist(), run_hi.tolist(), offsets.tolist(), strict=False):
+            np.matmul(self._copy[a:b], point, out=scores[at : at + b - a])
+        picked = np.argpartition(-scores, count - 1)[:count] if scores.size > count else np.arange(scores.size)
+        # Position in `scores` -> row: the run it falls in, plus its offset inside that run.
+        run = np.searchsorted(offsets, picked, side="right") - 1
+        index = run_lo[run] + (picked - offsets[run])
         return self._slots[index]
 
     def _save(self, directory: Path) -> None:
@@ -162,12 +162,18 @@ def load_segment(directory: Path, meta: dict, vectors: np.ndarray) -> Segment | 
 def _kmeans(vectors: np.ndarray, rows: np.ndarray, nlist: int, rng: np.random.Generator) -> np.ndarray:
     """Spherical Lloyd on a seeded sample of ``vectors[rows]``; unit float32 centroids."""
     size = min(rows.size, max(_KMEANS_SAMPLE_MIN, _KMEANS_SAMPLE_PER_LIST * nlist))
-    if size == 0:  # nothing alive: one empty list
-        return np.zeros((nlist, vectors.shape[1]), dtype=np.float32)
-    sample = vectors[np.sort(rng.choice(rows, size, replace=False))]
-    centroids = sample[rng.choice(size, nlist, replace=False)].copy()
-    columns = np.ascontiguousarray(sample.T)  # per-dimension bincounts: ~5x faster than np.add.at
     dim = vectors.shape[1]
+    if size == 0:  # nothing alive: one empty list
+        return np.zeros((nlist, dim), dtype=np.float32)
+    chosen = np.sort(rng.choice(rows, size, replace=False))
+    # Gathered and transposed in chunks: one 40 MB copy would hold the GIL for ~15 ms.
+    sample = np.empty((size, dim), dtype=np.float32)
+    columns = np.empty((dim, size), dtype=np.float32)  # per-dimension bincounts: ~5x faster than np.add.at
+    for lo in range(0, size, _CHUNK_ROWS):
+        sample[lo : lo + _CHUNK_ROWS] = vectors[chosen[lo : lo + _CHUNK_ROWS]]
+        columns[:, lo : lo + _CHUNK_ROWS] = sample[lo : lo + _CHUNK_ROWS].T
+        _yield_gil()
+    centroids = sample[rng.choice(size, nlist, replace=False)].copy()
     for _ in range(_KMEANS_ITERATIONS):
         assigned = _assign(sample, np.arange(size), centroids)
         sums = np.empty((nlist, dim), dtype=np.float64)
