@@ -412,7 +412,7 @@ def test_ivf_calibration_picks_a_probe_and_budget() -> None:
     calibration = index.statistics()["calibration"]
     assert isinstance(calibration, dict) and calibration["live"] == 6000
     if calibration["budget"]:  # ANN was cheaper than exact here: it met the target
-        assert calibration["recall"] >= 0.95 and 0 < calibration["probe"] <= 0.45
+        assert calibration["recall"] >= 0.95 and 0 < calibration["probe"] <= 0.4
     else:
         assert index.search(data[0], 5).exhaustive
 
