@@ -275,7 +275,12 @@ def _print(results: dict[str, Any]) -> None:
                      f"{o['pause_seal']['search_max_ms']:.1f}/{o['pause_vacuum']['search_max_ms']:.1f}",
                      other("hnswlib"), other("chroma")])
     emb = results["embedder"]
-    footer = (f"embedder hash-v1-{results['dim']}: {emb['texts_per_s_cold']} texts/s cold, "
+    folds = "; ".join(
+        f"{r['dataset']} {r['n']}: seal {r['ours']['ingest']['seal_ms_mean']} ms mean, compact "
+        f"{r['ours']['ingest']['compact_ms_max']} ms max, bulk build {r['ours']['ingest']['bulk_build_s']} s"
+        for r in results["runs"])
+    footer = (f"index fold times (worker thread) - {folds}\n"
+              f"embedder hash-v1-{results['dim']}: {emb['texts_per_s_cold']} texts/s cold, "
               f"{emb['texts_per_s_warm']} warm, {emb['texts_per_s_one_by_one']} one by one (200-char passages)")
     try:
         from rich.console import Console
