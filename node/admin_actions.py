@@ -103,11 +103,12 @@ async def grant_put(svc: Service, req: Request, session: Session) -> Any:
             "INSERT INTO grants(ns, gid, grantee, exp_ms, token) VALUES(?,?,?,?,?) ON CONFLICT(ns, gid) DO UPDATE"
             " SET grantee=excluded.grantee, exp_ms=excluded.exp_ms, token=excluded.token",
             (grant.ns, grant.gid, grant.grantee, grant.exp_ms, grant.token))
-        return Applied({"gid": grant.gid, "ns": grant.ns, "grantee": grant.grantee, "exp_ms": grant.exp_ms})
+        # The grant itself is the effect: applied on commit, in commit order (so two puts of one
+        # (ns, gid) end in memory as in the database), and never if the write failed.
+        return Applied({"gid": grant.gid, "ns": grant.ns, "grantee": grant.grantee, "exp_ms": grant.exp_ms},
+                       (grant,))
 
-    result = await svc.db.write(put)
-    svc.policy.add_grant(grant)  # only once stored: a grant that failed to persist must not work
-    return result
+    return await svc.db.write(put)
 
 
 @action("grant.revoke", "self", needs_ns=False)

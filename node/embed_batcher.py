@@ -63,13 +63,15 @@ class EmbedBatcher:
                 vectors = self.embedder.embed(texts)
             else:
                 vectors = await trio.to_thread.run_sync(self.embedder.embed, texts)
+            if len(vectors) != len(batch):
+                raise RuntimeError(f"embedder returned {len(vectors)} vectors for {len(batch)} texts")
+            for p, v in zip(batch, vectors, strict=True):
+                p.vector = v
         except Exception as e:  # every waiter gets the failure, not a hang
             for p in batch:
                 p.error = e
+        finally:
+            for p in batch:
                 p.done.set()
-            return
         self.batches += 1
         self.texts += len(batch)
-        for p, v in zip(batch, vectors, strict=True):
-            p.vector = v
-            p.done.set()

@@ -29,7 +29,8 @@ class AccessPolicy:
 
     operator_ids: frozenset[str]
     public_namespace: str = "public"
-    _stored: dict[tuple[str, str], dict[str, Grant]] = field(default_factory=dict)
+    _stored: dict[tuple[str, str], dict[str, Grant]] = field(default_factory=dict)  # (grantee, ns) -> gid -> grant
+    _grantee_of: dict[tuple[str, str], str] = field(default_factory=dict)  # (ns, gid) -> grantee
     _revoked: set[tuple[str, str]] = field(default_factory=set)  # (ns, gid): a revocation binds to its namespace
 
     def owns(self, agent_id: str, ns: str) -> bool:
@@ -39,32 +40,36 @@ class AccessPolicy:
         if not grant.issued_by_owner(self.operator_ids):
             raise BadSignature("grant is not signed by the namespace owner", ns=grant.ns, gid=grant.gid)
         # A grant replaces any earlier one with the same (ns, gid), whoever its grantee was.
-        for (_, ns), grants in self._stored.items():
-            if ns == grant.ns:
-                grants.pop(grant.gid, None)
+        self._drop(grant.ns, grant.gid)
         self._stored.setdefault((grant.grantee, grant.ns), {})[grant.gid] = grant
+        self._grantee_of[(grant.ns, grant.gid)] = grant.grantee
+
+    def _drop(self, ns: str, gid: str) -> None:
+        grantee = self._grantee_of.pop((ns, gid), None)
+        if grantee is None:
+            return
+        grants = self._stored.get((grantee, ns))
+        if grants is not None:
+            grants.pop(gid, None)
+            if not grants:
+                del self._stored[(grantee, ns)]
 
     def revoke(self, rev: Revocation) -> None:
         if not (rev.issuer_id == rev.ns or rev.issuer_id in self.operator_ids):
             raise BadSignature("revocation is not signed by the namespace owner", ns=rev.ns, gid=rev.gid)
         # Keyed by (ns, gid): an owner can only revoke grants of its own namespace, whatever gid it names.
         self._revoked.add((rev.ns, rev.gid))
-        for (_, ns), grants in self._stored.items():
-            if ns == rev.ns:
-                grants.pop(rev.gid, None)
+        self._drop(rev.ns, rev.gid)
 
     def is_revoked(self, ns: str, gid: str) -> bool:
         return (ns, gid) in self._revoked
 
     def forget_expired(self, now_ms: int) -> int:
         n = 0
-        for key in list(self._stored):
-            live = {g: gr for g, gr in self._stored[key].items() if gr.exp_ms > now_ms}
-            n += len(self._stored[key]) - len(live)
-            if live:
-                self._stored[key] = live
-            else:
-                del self._stored[key]
+        for grants in list(self._stored.values()):
+            for gr in [gr for gr in grants.values() if gr.exp_ms <= now_ms]:
+                self._drop(gr.ns, gr.gid)
+                n += 1
         return n
 
     def check(

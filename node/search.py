@@ -121,17 +121,22 @@ def run_search(
             ok.update(r[0] for r in conn.execute(sql, (*chunk, *flt.args)))
         return np.fromiter((x in ok for x in key_list), dtype=bool, count=len(key_list))
 
+    def fetch(hits: list[tuple[int, float]]) -> list[tuple[dict[str, Any], float]]:
+        if not hits:
+            return []
+        keys = [h[0] for h in hits]
+        rows = conn.execute(
+            f"SELECT {COLUMNS} FROM memories WHERE rowid IN ({','.join('?' * len(keys))}) AND {flt.sql}",
+            (*keys, *flt.args)).fetchall()
+        by_rowid = {r[0]: r for r in rows}
+        return [(row_to_memory(by_rowid[key]), float(score)) for key, score in hits if key in by_rowid]
+
     if flt.only_liveness and expiring is not None:
         result = index.search(query, k, groups=groups, accept=not_expired if expiring else None)
-    else:
-        result = index.search(query, k, groups=groups, accept=accept)
-    hits = list(result.hits)
-    if not hits:
-        return [], result.exhaustive
-    keys = [h[0] for h in hits]
-    rows = conn.execute(
-        f"SELECT {COLUMNS} FROM memories WHERE rowid IN ({','.join('?' * len(keys))}) AND {flt.sql}",
-        (*keys, *flt.args)).fetchall()
-    by_rowid = {r[0]: r for r in rows}
-    out = [(row_to_memory(by_rowid[key]), float(score)) for key, score in hits if key in by_rowid]
-    return out, result.exhaustive
+        out = fetch(result.hits)
+        if len(out) == len(result.hits):
+            return out, result.exhaustive
+        # The index and this read snapshot disagree (a write committed between them): decide
+        # every candidate against the snapshot instead, so the page is neither short nor wrong.
+    result = index.search(query, k, groups=groups, accept=accept)
+    return fetch(result.hits), result.exhaustive

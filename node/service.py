@@ -194,6 +194,8 @@ class Service:
                 self.spaces.remove(e.space, e.rowid)
             elif isinstance(e, Change):
                 self.hub.publish(e)
+            elif isinstance(e, Grant):
+                self.policy.add_grant(e)
         if adds:
             self.spaces.add_batch(adds)
 

@@ -111,3 +111,25 @@ def test_related_breadth_first_and_permission_filter(conn: sqlite3.Connection) -
     memory_store.delete(conn, "ns", "b", hlc=3, now_ms=0)
     assert link_store.related(conn, "ns", "a", depth=2, relation=None, direction="out", limit=10, now_ms=0,
                               readable=lambda ns: ns != "hidden")["items"] == []
+
+
+def test_search_fast_path_falls_back_when_index_and_snapshot_disagree(conn: sqlite3.Connection) -> None:
+    """A record deleted in SQLite but not yet removed from the index must not shorten the page."""
+    from node.search import compile_filter, run_search
+    from node.vector_index import VectorIndex, VectorIndexConfig
+
+    idx = VectorIndex(4, None, VectorIndexConfig())
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        v = rng.standard_normal(4).astype(np.float32)
+        r = memory_store.store(conn, NewMemory("ns", f"m{i}", "o", "note", f"text {i}", {}, v, "sp", i + 1, None), 0)
+        for e in r.effects:
+            idx.add(e.rowid, e.vector, e.group)
+    q = rng.standard_normal(4).astype(np.float32)
+    top = idx.search(q, 1, groups=[1]).hits[0][0]
+    top_id = conn.execute("SELECT id FROM memories WHERE rowid=?", (top,)).fetchone()[0]
+    conn.execute("UPDATE memories SET deleted=1 WHERE rowid=?", (top,))  # committed, index not yet told
+    flt = compile_filter({}, 0)
+    for expiring in ({}, {999: 1}):
+        found, exhaustive = run_search(conn, idx, q, k=3, groups=[1], flt=flt, expiring=expiring)
+        assert len(found) == 3 and exhaustive and top_id not in {m["id"] for m, _ in found}
