@@ -29,6 +29,17 @@ CALIBRATED = replace(SMALL, recall_target=0.95)
 IVF = replace(SMALL, ivf_rows_min=1, ivf_projection_dim=8, ivf_probe=0.2)
 
 
+
+def ann_recall_at_10(index: VectorIndex, base: np.ndarray, queries: np.ndarray) -> float:
+    """Recall@10 of ANN (non-exhaustive) searches against brute force over `base`."""
+    found = 0
+    for q in queries:
+        truth = set(np.argsort(-(base @ q))[:10].tolist())
+        result = index.search(q, 10)
+        assert not result.exhaustive
+        found += len(truth & {k for k, _ in result.hits})
+    return found / (10 * len(queries))
+
 def unit(rng: np.random.Generator, n: int, dim: int = DIM) -> np.ndarray:
     x = rng.standard_normal((n, dim)).astype(np.float32)
     return x / np.linalg.norm(x, axis=1, keepdims=True)
@@ -76,13 +87,7 @@ def test_recall_after_sealing_clustered_data() -> None:
             index.compact()
     index.seal()
     assert index.statistics()["buffer"] == 0 and index.statistics()["segments"]
-    found = 0
-    for q in queries:
-        truth = set(np.argsort(-(base @ q))[:10].tolist())
-        result = index.search(q, 10)
-        assert not result.exhaustive
-        found += len(truth & {k for k, _ in result.hits})
-    assert found / (10 * len(queries)) >= 0.95
+    assert ann_recall_at_10(index, base, queries) >= 0.95
 
 
 def test_calibration_prefers_exact_search_when_it_is_cheaper() -> None:
@@ -396,13 +401,7 @@ def test_ivf_recall_on_clustered_data() -> None:
     index.seal()
     assert index.statistics()["segments"] == [4000]
     assert isinstance(index._segments[0], IvfSegment)
-    found = 0
-    for q in queries:
-        truth = set(np.argsort(-(base @ q))[:10].tolist())
-        result = index.search(q, 10)
-        assert not result.exhaustive
-        found += len(truth & {k for k, _ in result.hits})
-    assert found / (10 * len(queries)) >= 0.95
+    assert ann_recall_at_10(index, base, queries) >= 0.95
 
 
 def test_ivf_calibration_picks_a_probe_and_budget() -> None:
