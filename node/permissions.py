@@ -61,9 +61,6 @@ class AccessPolicy:
         self._revoked.add((rev.ns, rev.gid))
         self._drop(rev.ns, rev.gid)
 
-    def is_revoked(self, ns: str, gid: str) -> bool:
-        return (ns, gid) in self._revoked
-
     def forget_expired(self, now_ms: int) -> int:
         n = 0
         for grants in list(self._stored.values()):

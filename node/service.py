@@ -245,8 +245,6 @@ class Service:
             raise InvalidArgument(f"{req.action} needs a namespace (`ns`)")
         if req.ns is not None:
             check_text(req.ns, "ns", NS_CHARS_MAX)
-        if not isinstance(req.data, dict):
-            raise InvalidArgument("`data` must be a map")
         if spec.action_class in ("read", "write", "admin") and spec.needs_ns:
             self.check(req, req.ns or "", spec.action_class)
         elif spec.action_class == "admin":
@@ -272,9 +270,6 @@ class Service:
 
     def check(self, req: Request, ns: str, action_class: str, action: str | None = None) -> None:
         self.policy.check(req.agent_id, ns, action or req.action, action_class, self.grants_of(req), self.wall_ms())
-
-    def readable(self, req: Request, ns: str, action: str = "memory.search") -> bool:
-        return self.policy.readable(req.agent_id, ns, self.grants_of(req), self.wall_ms(), action)
 
     def stamp(self) -> int:
         return self.clock.now(self.wall_ms())
