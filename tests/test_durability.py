@@ -7,13 +7,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from crypto.errors import MnemonetError
 from crypto.identity import Identity
 from node.client import MemoryClient
+from node.config import NodeConfig
+from node.server import run_node
+from node.service import Service
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -35,6 +40,24 @@ async def start_node_process(data: Path, key: Path) -> tuple[trio.Process, str]:
     line = buf.split(b"\n", 1)[0].decode()
     assert line.startswith("LISTENING"), line
     return proc, line.split()[1]
+
+
+Step = Callable[[MemoryClient], Awaitable[Any]]
+
+
+async def node_session(data: Path, node_key: Identity, me: Identity, clock: list[int], step: Step, *,
+                       crash: bool = False) -> Any:
+    """Run an in-process node on `data` (wall clock read from `clock[0]`) for one client step, then
+    stop it; with `crash`, its index files are not saved, as after kill -9."""
+    async with trio.open_nursery() as n:
+        svc = Service(NodeConfig(sweep_interval_s=3600.0), data, node_key, wall_ms=lambda: clock[0])
+        port = await n.start(run_node, svc, "127.0.0.1", 0)
+        if crash:
+            svc.spaces.save_all = lambda conn: None  # type: ignore[method-assign]
+        async with MemoryClient(f"ws://127.0.0.1:{port}", me) as c:
+            out = await step(c)
+        n.cancel_scope.cancel()
+    return out
 
 
 async def kill9(proc: trio.Process) -> None:
@@ -107,10 +130,6 @@ async def test_acknowledged_writes_survive_kill_9(tmp_path: Path) -> None:
 async def test_index_saved_before_a_crash_is_not_trusted(tmp_path: Path) -> None:
     """A crash after writes leaves index files older than SQLite; start-up must notice and rebuild,
     even when the rows' count and max rowid happen to look the same (expired id stored again)."""
-    from node.config import NodeConfig
-    from node.server import run_node
-    from node.service import Service
-
     me = Identity.generate()
     node_key = Identity.generate()
     clock = [time.time_ns() // 1_000_000]
@@ -120,16 +139,8 @@ async def test_index_saved_before_a_crash_is_not_trusted(tmp_path: Path) -> None
     v2 = [0.0] * dim
     v2[1] = 1.0
 
-    async def session(step: object, *, crash: bool = False) -> object:
-        async with trio.open_nursery() as n:
-            svc = Service(NodeConfig(sweep_interval_s=3600.0), tmp_path / "d", node_key, wall_ms=lambda: clock[0])
-            port = await n.start(run_node, svc, "127.0.0.1", 0)
-            if crash:
-                svc.spaces.save_all = lambda conn: None  # type: ignore[method-assign] # kill -9 saves nothing
-            async with MemoryClient(f"ws://127.0.0.1:{port}", me) as c:
-                out = await step(c)  # type: ignore[operator]
-            n.cancel_scope.cancel()
-        return out
+    async def session(step: Step, *, crash: bool = False) -> Any:
+        return await node_session(tmp_path / "d", node_key, me, clock, step, crash=crash)
 
     async def first(c: MemoryClient) -> None:
         await c.store(me.agent_id, "first", id="m", vector=v1, ttl_s=1)
@@ -145,28 +156,18 @@ async def test_index_saved_before_a_crash_is_not_trusted(tmp_path: Path) -> None
 
     await session(first)
     await session(second, crash=True)
-    by_v2, by_v1 = await session(check)  # type: ignore[misc]
+    by_v2, by_v1 = await session(check)
     assert by_v2 == [("second", 1.0)]
     assert by_v1 == [("second", 0.0)]
 
 
 async def test_ttl_survives_restart_for_search(tmp_path: Path) -> None:
     """Expiry known before a restart still hides the record from unfiltered searches after it."""
-    from node.config import NodeConfig
-    from node.server import run_node
-    from node.service import Service
-
     me, node_key = Identity.generate(), Identity.generate()
     clock = [time.time_ns() // 1_000_000]
 
-    async def session(step: object) -> object:
-        async with trio.open_nursery() as n:
-            svc = Service(NodeConfig(sweep_interval_s=3600.0), tmp_path / "d", node_key, wall_ms=lambda: clock[0])
-            port = await n.start(run_node, svc, "127.0.0.1", 0)
-            async with MemoryClient(f"ws://127.0.0.1:{port}", me) as c:
-                out = await step(c)  # type: ignore[operator]
-            n.cancel_scope.cancel()
-        return out
+    async def session(step: Step) -> Any:
+        return await node_session(tmp_path / "d", node_key, me, clock, step)
 
     async def write(c: MemoryClient) -> None:
         await c.store(me.agent_id, "a short-lived note about the launch window", id="t", ttl_s=1)
