@@ -7,6 +7,7 @@ slowness costs that connection only.
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
@@ -14,15 +15,19 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from crypto.errors import MnemonetError
 from node.codec import decode_frame, encode_frame
+from node.gossip_transport import GOSSIP_PATH
 from node.service import Service
 from node.session import Session
 
 log = logging.getLogger("mnemonet.server")
 
+GossipHandler = Callable[[WebSocketRequest], Awaitable[None]]
+
 
 class NodeServer:
-    def __init__(self, service: Service) -> None:
+    def __init__(self, service: Service, gossip_handler: GossipHandler | None = None) -> None:
         self.service = service
+        self.gossip_handler = gossip_handler
         self.connections = 0
         self.port = 0
 
@@ -40,6 +45,13 @@ class NodeServer:
             task_status.started(self.port)
 
     async def _accept(self, request: WebSocketRequest) -> None:
+        if self.gossip_handler is not None and request.path.split("?", 1)[0] == GOSSIP_PATH:
+            # Peers, not clients: the gossip transport applies its own connection limit.
+            try:
+                await self.gossip_handler(request)
+            except Exception:
+                log.exception("gossip connection handler failed")
+            return
         if self.connections >= self.service.config.connections_max:
             await request.reject(503, body=b"too many connections")
             return
@@ -119,12 +131,13 @@ def _encode_safely(obj: Any, binary: bool) -> bytes | str:
         return encode_frame(fallback, binary=binary)
 
 
-async def run_node(service: Service, host: str, port: int, *,
+async def run_node(service: Service, host: str, port: int, *, gossip_handler: GossipHandler | None = None,
                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
-    """Start storage and the websocket server; report the bound port; run until cancelled."""
+    """Start storage and the websocket server; report the bound port; run until cancelled.
+    With a gossip_handler, connections to the `/gossip` path go to it instead of the request pipeline."""
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
-        server = NodeServer(service)
+        server = NodeServer(service, gossip_handler)
         bound = await nursery.start(server.serve, host, port)
         log.info("node %s listening on ws://%s:%d", service.identity.agent_id, host, bound)
         task_status.started(bound)
