@@ -51,6 +51,7 @@ async def stats(svc: Service, req: Request, session: Session) -> Any:
         "errors": dict(svc.errors),
         "requests_per_s": round(total / uptime_s, 3) if uptime_s > 0 else 0.0,
         "storage": {"batches": svc.db.batches, "writes": svc.db.writes},
+        "embedding": {"batches": svc.embed_batcher.batches, "texts": svc.embed_batcher.texts},
         "watches": len(svc.hub),
         "loop_lag_ms": {"max": round(svc.lag_max_ms, 2), "max_since_last_stats": round(_take_window(svc), 2)},
         "verifier": svc.verifier.statistics(),

@@ -291,6 +291,7 @@ async def test_stats_and_health(node: RunningNode) -> None:
         s = await c.stats()
         assert s["counts"]["memories"] == 1 and s["requests"]["memory.store"] == 1
         assert s["uptime_s"] >= 0 and "index" in s
+        assert s["embedding"] == {"batches": 1, "texts": 1} and s["storage"]["writes"] >= 1
         assert s["loop_lag_ms"]["max"] >= s["loop_lag_ms"]["max_since_last_stats"] >= 0
 
 
