@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class Rng(Protocol):
@@ -16,7 +16,7 @@ class Rng(Protocol):
 
     def random(self) -> float: ...
 
-    def shuffle(self, x: list[str]) -> None: ...
+    def shuffle(self, x: list[Any]) -> None: ...
 
 
 class State(enum.IntEnum):
