@@ -57,6 +57,7 @@ async def stats(svc: Service, req: Request, session: Session) -> Any:
         "verifier": svc.verifier.statistics(),
         "embedder": svc.embedder.embedder_id,
         "dim": svc.config.dim,
+        **({"gossip": svc.membership.statistics()} if svc.membership is not None else {}),
     }
 
 

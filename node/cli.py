@@ -6,11 +6,14 @@ Argument parsing and printing only; everything real lives in crypto/, node/servi
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +24,12 @@ from crypto.identity import Identity
 
 DEFAULT_KEY = Path(os.environ.get("MNEMONET_KEY", str(Path.home() / ".mnemonet" / "identity.pem")))
 DEFAULT_URL = os.environ.get("MNEMONET_URL", "ws://127.0.0.1:7700")
+__version__ = "0.1.0"
+
+
+def _gossip_profiles() -> dict[str, Callable[[], Any]]:
+    from gossip.config import GossipConfig
+    return {"lan": GossipConfig.lan, "local": GossipConfig.local, "wan": GossipConfig.wan}
 
 
 def _hostport(s: str) -> tuple[str, int]:
@@ -55,6 +64,12 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--frame-bytes-max", type=int, default=None)
     n.add_argument("--embedder", default="hash")
     n.add_argument("--log-level", default="INFO")
+    n.add_argument("--join", action="append", default=[], metavar="URL",
+                   help="a member's ws:// URL to join through (repeatable; any live member suffices)")
+    n.add_argument("--network", default="default", help="gossip network name: frames of other networks are dropped")
+    n.add_argument("--gossip", choices=["lan", "local", "wan", "off"], default="lan",
+                   help="gossip timing profile (gossip/config.py); `local` for loopback tests; `off`: no membership")
+    n.add_argument("--capability", type=float, default=1.0, help="advertised capability score (placement prefers higher)")
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--url", default=DEFAULT_URL)
@@ -110,7 +125,10 @@ async def _serve(args: argparse.Namespace) -> None:
     # with one, 6 ms. Must be set before numpy loads.
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, "1")
+    from gossip.messages import Meta
     from node.config import NodeConfig
+    from node.gossip_transport import WebsocketTransport
+    from node.membership import Membership
     from node.server import run_node
     from node.service import Service
 
@@ -120,12 +138,25 @@ async def _serve(args: argparse.Namespace) -> None:
         kw["frame_bytes_max"] = args.frame_bytes_max
     service = Service(NodeConfig(**kw), args.data, identity, operator_ids=frozenset(args.operator))
     host, port = args.listen
+    transport = None if args.gossip == "off" else WebsocketTransport()
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
-            bound = await nursery.start(run_node, service, host, port)
+            bound = await nursery.start(functools.partial(
+                run_node, service, host, port, gossip_handler=transport.handle_request if transport else None))
+            url = f"ws://{host}:{bound}"
+            if transport is not None:
+                transport.local_addr = url
+                meta = Meta(roles=("storage",), capability=args.capability,
+                            storage_bytes=shutil.disk_usage(args.data).free, endpoint=url, version=__version__)
+                service.membership = Membership(identity, url, meta, transport, config=_gossip_profiles()[args.gossip](),
+                                                network=args.network, seeds=args.join, data_dir=args.data)
+                await nursery.start(service.membership.run)
             # One machine-readable line: launchers wait for it instead of polling the port.
-            print(f"LISTENING ws://{host}:{bound} {identity.agent_id}", flush=True)
+            print(f"LISTENING {url} {identity.agent_id}", flush=True)
             async for _ in signals:
+                if service.membership is not None:
+                    with trio.move_on_after(2):
+                        await service.membership.leave()
                 nursery.cancel_scope.cancel()
                 break
 

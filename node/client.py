@@ -10,7 +10,7 @@ import builtins
 import itertools
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import trio
@@ -346,6 +346,10 @@ class MemoryClient:
 
     async def stats(self) -> dict[str, Any]:
         return dict(await self.request("stats"))
+
+    async def members(self) -> Sequence[dict[str, Any]]:
+        """The cluster's members as this node's gossip sees them (docs/protocol.md, cluster.members)."""
+        return tuple((await self.request("cluster.members"))["members"])
 
     async def grant_put(self, token: str) -> dict[str, Any]:
         return dict(await self.request("grant.put", None, {"grant": token}))

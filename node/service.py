@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -34,6 +34,9 @@ from node.session import Session
 from node.validate import NS_CHARS_MAX, check_text
 from node.vector_spaces import VectorSpaces
 from ring.hlc import HybridClock
+
+if TYPE_CHECKING:
+    from node.membership import Membership
 
 log = logging.getLogger("mnemonet.node")
 
@@ -86,12 +89,13 @@ class Service:
         embedder: Embedder | None = None,
     ) -> None:
         # Importing the action modules registers their handlers.
-        from node import admin_actions, memory_actions, signal_actions  # noqa: F401
+        from node import admin_actions, cluster_actions, memory_actions, signal_actions  # noqa: F401
 
         self.config = config
         self.data_dir = data_dir
         self.identity = identity
         self.wall_ms = wall_ms
+        self.membership: Membership | None = None  # set by the process when gossip runs
         data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(data_dir / "mnemonet.sqlite3", fsync=config.fsync, write_batch_max=config.write_batch_max)
         self.db.on_commit = self.apply_effects

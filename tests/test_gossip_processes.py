@@ -1,0 +1,103 @@
+"""Issue 3 on real sockets: five `mnemonet node` processes on loopback join through one seed over
+websockets, converge, and all detect a SIGKILLed member; the test stops only the processes it
+started, by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import trio
+
+from crypto.identity import Identity
+from node.client import MemoryClient
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+async def start(tmp: Path, name: str, network: str, join: list[str]) -> tuple[trio.Process, str, str]:
+    key = tmp / f"{name}.pem"
+    Identity.generate().save(key)
+    argv = [sys.executable, "-m", "node.cli", "node", "--listen", "127.0.0.1:0", "--data", str(tmp / name),
+            "--key", str(key), "--gossip", "local", "--network", network, "--log-level", "WARNING"]
+    for url in join:
+        argv += ["--join", url]
+    proc = await trio.lowlevel.open_process(argv, cwd=ROOT, stdout=subprocess.PIPE,
+                                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.stdout is not None
+    buf = b""
+    with trio.fail_after(60):
+        while b"\n" not in buf:
+            chunk = await proc.stdout.receive_some(4096)
+            if not chunk:
+                raise RuntimeError(f"{name} exited before listening")
+            buf += chunk
+    _, url, node_id = buf.split(b"\n", 1)[0].decode().split()
+    return proc, url, node_id
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
+    """Poll an external condition (other processes: there is no event to wait on) until a deadline."""
+    with trio.move_on_after(timeout_s):
+        while not await check():
+            await trio.sleep(0.25)
+        return
+    raise AssertionError(f"not within {timeout_s} s: {what}")
+
+
+async def test_five_processes_converge_and_detect_a_sigkill(tmp_path: Path) -> None:
+    network = f"test-{os.getpid()}"
+    procs: list[trio.Process] = []
+    try:
+        first = await start(tmp_path, "n0", network, [])
+        procs.append(first[0])
+        rest = []
+        async with trio.open_nursery() as n:
+            async def one(i: int) -> None:
+                r = await start(tmp_path, f"n{i}", network, [first[1]])
+                procs.append(r[0])
+                rest.append(r)
+            for i in range(1, 5):
+                n.start_soon(one, i)
+        nodes = [first, *rest]
+        ids = {node_id for _, _, node_id in nodes}
+        me = Identity.generate()
+        async with contextlib.AsyncExitStack() as stack:
+            clients = [await stack.enter_async_context(MemoryClient(url, me, timeout_s=10)) for _, url, _ in nodes]
+
+            async def view(c: MemoryClient) -> dict[str, str]:
+                return {m["id"]: m["state"] for m in await c.members()}
+
+            async def converged() -> bool:
+                views = [await view(c) for c in clients]
+                return all({k for k, s in v.items() if s == "alive"} == ids for v in views)
+
+            await eventually(converged, 30, "all five see five alive members")
+            for c in clients:
+                assert {m["meta"]["endpoint"] for m in await c.members()} == {url for _, url, _ in nodes}
+
+            victim_proc, _, victim_id = nodes[3]
+            os.kill(victim_proc.pid, signal.SIGKILL)
+            await victim_proc.wait()
+            survivors = clients[:3] + clients[4:]
+
+            async def detected() -> bool:
+                views = [await view(c) for c in survivors]
+                return all(v.get(victim_id) == "dead" for v in views)
+
+            await eventually(detected, 60, "every survivor declares the killed node dead")
+            for c in survivors:  # and nobody else was harmed
+                v = await view(c)
+                assert {k for k, s in v.items() if s == "alive"} == ids - {victim_id}
+            stats = (await survivors[0].stats())["gossip"]
+            assert stats["dropped"].get("bad_signature", 0) == 0
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
