@@ -78,42 +78,42 @@ class BroadcastQueue:
         """
         limit = retransmit_limit(self._retransmit_mult, n)
         taken: list[_Item] = []
-        used = 0
-        misfits = 0
+        room = budget_bytes
         buckets = self._buckets
+        by_node = self._by_node
         for t in range(len(buckets)):
             bucket = buckets[t]
             if not bucket:
                 continue
             if t >= limit:  # the group shrank: these were sent enough for its new size
                 for node in bucket:
-                    del self._by_node[node]
+                    del by_node[node]
                 bucket.clear()
                 continue
-            for item in reversed(bucket.values()):
-                if budget_bytes - used < _RECORD_BYTES_MIN or misfits >= _MISFITS_MAX:
-                    break
-                if item.size > budget_bytes - used:
-                    misfits += 1
-                    continue
-                if skip_node is not None and item.update.node == skip_node:
+            # popitem() takes the newest first in O(1); what we skip goes back in its old order.
+            skipped: list[tuple[str, _Item]] = []
+            while bucket and room >= _RECORD_BYTES_MIN and len(skipped) < _MISFITS_MAX:
+                node, item = bucket.popitem()
+                if item.size > room or node == skip_node:
+                    skipped.append((node, item))
                     continue
                 taken.append(item)
-                used += item.size
-            else:
-                continue
-            break
+                room -= item.size
+            for node, item in reversed(skipped):
+                bucket[node] = item
+            if room < _RECORD_BYTES_MIN or len(skipped) >= _MISFITS_MAX:
+                break
+        # Moved up a bucket only now, so one call never hands out the same update twice.
         for item in taken:
-            node = item.update.node
-            del buckets[item.transmits][node]
             item.transmits += 1
+            node = item.update.node
             if item.transmits >= limit:
-                del self._by_node[node]
-                continue
-            if item.transmits == len(buckets):
-                buckets.append({})
-            buckets[item.transmits][node] = item
-        return [item.update for item in taken], used
+                del by_node[node]
+            else:
+                if item.transmits == len(buckets):
+                    buckets.append({})
+                buckets[item.transmits][node] = item
+        return [item.update for item in taken], budget_bytes - room
 
     def _evict_one(self) -> None:
         # The most-transmitted (then oldest) update has done most of its work already.

@@ -62,27 +62,31 @@ def str_bytes(s: str) -> int:
     return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
 
 
-def _int_bytes(v: int) -> int:
-    return 1 if -32 <= v < 128 else 9
-
-
 def _array_header_bytes(n: int) -> int:
     return 1 if n < 16 else 3 if n < 65536 else 5
 
 
 def meta_bytes(m: Meta) -> int:
-    roles = _array_header_bytes(len(m.roles)) + sum(str_bytes(r) for r in m.roles)
-    return 1 + roles + 9 + _int_bytes(m.storage_bytes) + 9 + str_bytes(m.endpoint) + str_bytes(m.version)
+    # array header, capability, storage_bytes, load (9 bytes each at most), then the strings.
+    n = 28 + _array_header_bytes(len(m.roles)) + str_bytes(m.endpoint) + str_bytes(m.version)
+    for r in m.roles:
+        n += str_bytes(r)
+    return n
+
+
+def alive_bytes(node: str, addr: str, meta_size: int) -> int:
+    """An Alive record, and equally a NodeState (same fields plus a one-byte tag or state)."""
+    return 11 + str_bytes(node) + str_bytes(addr) + meta_size  # 1 header + 1 tag + 9 incarnation
 
 
 def update_bytes(u: Update) -> int:
     if isinstance(u, Alive):
-        return 2 + str_bytes(u.node) + _int_bytes(u.incarnation) + str_bytes(u.addr) + meta_bytes(u.meta)
-    return 2 + str_bytes(u.node) + _int_bytes(u.incarnation) + str_bytes(u.by)
+        return alive_bytes(u.node, u.addr, meta_bytes(u.meta))
+    return 11 + str_bytes(u.node) + str_bytes(u.by)
 
 
 def node_state_bytes(s: NodeState) -> int:
-    return 2 + str_bytes(s.node) + str_bytes(s.addr) + _int_bytes(s.incarnation) + meta_bytes(s.meta)
+    return alive_bytes(s.node, s.addr, meta_bytes(s.meta))
 
 
 def frame_overhead_bytes(network: str, src_addr: str) -> int:

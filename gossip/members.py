@@ -40,15 +40,20 @@ def dead_state(d: Dead) -> State:
 class Member:
     """A mutable row of the table. Only SwimNode changes it; others see MemberView snapshots."""
 
-    __slots__ = ("id", "addr", "incarnation", "state", "meta", "state_changed_at")
+    __slots__ = ("id", "addr", "incarnation", "state", "meta", "state_changed_at", "record_bytes")
 
-    def __init__(self, id: str, addr: str, incarnation: int, state: State, meta: Meta, now: float) -> None:
+    def __init__(
+        self, id: str, addr: str, incarnation: int, state: State, meta: Meta, now: float, record_bytes: int = 0,
+    ) -> None:
         self.id = id
         self.addr = addr
         self.incarnation = incarnation
         self.state = state
         self.meta = meta
         self.state_changed_at = now
+        # Encoded size bound of this member's Alive/NodeState record (codec.alive_bytes), kept so
+        # push-pull and the broadcast queue never re-measure metadata.
+        self.record_bytes = record_bytes
 
     def view(self) -> MemberView:
         return MemberView(self.id, self.addr, self.incarnation, self.state, self.meta, self.state_changed_at)
@@ -62,13 +67,15 @@ class MemberTable:
     the worst-case detection time, unlike uniform random choice).
     """
 
-    __slots__ = ("self_id", "_rng", "_members", "_live", "_live_pos", "_gone", "_recent_dead",
+    __slots__ = ("self_id", "_rng", "_members", "lookup", "_live", "_live_pos", "_gone", "_recent_dead",
                  "_probe_order", "_probe_idx")
 
     def __init__(self, me: Member, rng: Rng) -> None:
         self.self_id = me.id
         self._rng = rng
         self._members: dict[str, Member] = {me.id: me}
+        # The dict's own get, for hot loops: a method call per record would cost ~0.1 us more.
+        self.lookup = self._members.get
         self._live: list[str] = []
         self._live_pos: dict[str, int] = {}
         self._gone: dict[str, None] = {}  # dead and left others, insertion-ordered

@@ -18,9 +18,9 @@ from gossip.codec import (
     GOSSIP_FIXED_BYTES,
     PING_FIXED_BYTES,
     PUSHPULL_FIXED_BYTES,
+    alive_bytes,
     frame_overhead_bytes,
     meta_bytes,
-    node_state_bytes,
     str_bytes,
     update_bytes,
 )
@@ -112,7 +112,8 @@ class SwimNode:
         self._record_bytes_max = self._frame_budget - PING_FIXED_BYTES - 131
         if self._record_bytes_max < config.meta_bytes_max:
             raise InvalidArgument("GossipConfig.packet_bytes_max is too small for one Alive record")
-        self._me = Member(node_id, addr, incarnation, State.ALIVE, meta, now)
+        me_bytes = alive_bytes(node_id, addr, meta_bytes(meta))
+        self._me = Member(node_id, addr, incarnation, State.ALIVE, meta, now, me_bytes)
         self._table = MemberTable(self._me, rng)
         self._queue = BroadcastQueue(config.retransmit_mult, config.broadcast_queue_max)
         self._awareness = Awareness(config.awareness_max_multiplier if config.lifeguard else 1)
@@ -131,8 +132,8 @@ class SwimNode:
         # Random phases, so nodes started together do not probe and gossip in lockstep.
         self._next_probe = now + rng.random() * config.probe_interval_s
         self._next_gossip = now + rng.random() * config.gossip_interval_s
-        self._next_push_pull = now + self._push_pull_interval()
-        self._next_reconnect = now + config.reconnect_interval_s
+        self._next_push_pull = now + rng.random() * self._push_pull_interval()
+        self._next_reconnect = now + rng.random() * config.reconnect_interval_s
         self._enqueue(self._alive_record())
 
     # --- public API ---------------------------------------------------------------------------------
@@ -170,6 +171,7 @@ class SwimNode:
         self._check_meta(meta)
         if not self._leaving:
             self._me.meta = meta
+            self._me.record_bytes = alive_bytes(self.id, self.addr, meta_bytes(meta))
             self._me.incarnation += 1
             self._enqueue(self._alive_record())
         return self._flush()
@@ -301,7 +303,9 @@ class SwimNode:
             return
         seq = self._next_seq()
         self._relays[seq] = _Relay(src_addr, req.seq, req.nack)
-        self._push_timer(now + self._awareness.scale(self.config.probe_timeout_s), _RELAY, seq)
+        # Nack at 80% of a probe timeout: the asker waits at least a full one after asking, so the nack
+        # still arrives in time over a link with a round trip under 20% of the timeout.
+        self._push_timer(now + self._awareness.scale(0.8 * self.config.probe_timeout_s), _RELAY, seq)
         budget = self._frame_budget - PING_FIXED_BYTES - str_bytes(req.target)
         self._send(req.target_addr, Ping(seq, req.target, self._piggyback(budget)))
         self._stats["ping_reqs_helped"] += 1
@@ -310,7 +314,7 @@ class SwimNode:
         self._stats["push_pulls_received"] += 1
         if not pp.reply:
             self._send(src_addr, PushPull(self._states(), reply=True))
-        get = self._table.get
+        get = self._table.lookup
         for s in pp.states:
             m = self._me if s.node == self.id else get(s.node)
             if m is not None and (s.incarnation < m.incarnation or (
@@ -333,8 +337,14 @@ class SwimNode:
 
     def _apply(self, updates: tuple[Update, ...], now: float) -> None:
         self._stats["updates_received"] += len(updates)
+        get = self._table.lookup
+        me = self._me
         for u in updates:
             if isinstance(u, Alive):
+                # Most records are old news: decide those here, without a call (the hot path).
+                m = get(u.node)
+                if m is not None and m is not me and u.incarnation <= m.incarnation:
+                    continue
                 self._on_alive(u, now)
             elif isinstance(u, Suspect):
                 self._on_suspect(u, now)
@@ -353,17 +363,23 @@ class SwimNode:
         m = table.get(a.node)
         if m is not None and a.incarnation <= m.incarnation:
             return
-        size = update_bytes(a)
-        if size > self._record_bytes_max:
-            self._stats["dropped_oversize"] += 1
-            return
         if m is None:
-            m = Member(a.node, a.addr, a.incarnation, State.ALIVE, a.meta, now)
+            size = alive_bytes(a.node, a.addr, meta_bytes(a.meta))
+            if size > self._record_bytes_max:
+                self._stats["dropped_oversize"] += 1
+                return
+            m = Member(a.node, a.addr, a.incarnation, State.ALIVE, a.meta, now, size)
             table.add(m)
             self._event(EventKind.JOINED, m)
         else:
+            changed = a.addr != m.addr or (a.meta is not m.meta and a.meta != m.meta)
+            if changed:
+                size = alive_bytes(a.node, a.addr, meta_bytes(a.meta))
+                if size > self._record_bytes_max:
+                    self._stats["dropped_oversize"] += 1
+                    return
+                m.record_bytes = size
             old = m.state
-            changed = m.addr != a.addr or m.meta != a.meta
             m.incarnation, m.addr, m.meta = a.incarnation, a.addr, a.meta
             if old is not State.ALIVE:
                 self._suspicions.pop(m.id, None)
@@ -371,7 +387,7 @@ class SwimNode:
                 self._event(EventKind.ALIVE if old is State.SUSPECT else EventKind.JOINED, m)
             elif changed:
                 self._event(EventKind.UPDATED, m)
-        self._queue.push(a, size)
+        self._queue.push(a, m.record_bytes)
 
     def _on_suspect(self, s: Suspect, now: float) -> None:
         if s.node == self.id:
@@ -558,12 +574,11 @@ class SwimNode:
         out: list[NodeState] = []
         used = 0
         for m in self._table:
-            s = NodeState(m.id, m.addr, m.incarnation, m.state, m.meta)
-            used += node_state_bytes(s)
+            used += m.record_bytes
             if used > budget:
                 self._stats["push_pull_truncated"] += 1
                 break
-            out.append(s)
+            out.append(NodeState(m.id, m.addr, m.incarnation, m.state, m.meta))
         return tuple(out)
 
     def _alive_record(self) -> Alive:

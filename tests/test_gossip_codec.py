@@ -66,7 +66,7 @@ def test_any_message_round_trips_and_its_size_bound_holds(msg: object, network: 
     packet = decode_frame(frame, network=network, frame_bytes_max=FRAME_MAX)
     assert packet.msg == msg
     assert (packet.src_id, packet.src_addr, packet.network) == (KEY.agent_id, src, network)
-    assert len(frame) <= frame_overhead_bytes(network, src) + message_bytes(msg)  # type: ignore[arg-type]
+    assert len(frame) <= frame_overhead_bytes(network, src) + message_bytes(msg)
 
 
 def test_tampered_frame_is_a_bad_signature() -> None:
