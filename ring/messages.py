@@ -125,3 +125,213 @@ class HintDropped:
 CoordinatorMessage = PutRecord | PutAck | GetRecord | GetReply
 CoordinatorEffect = Send | Done
 HandoffEffect = Send | HintStored | HintDropped
+
+
+# --- anti-entropy and rebalancing -----------------------------------------------------------------
+#
+# Items are named by `ItemRef` (kind value, key) and ordered as Python orders those tuples (code
+# point order of the strings): every replica's store must list items in that order, because pages
+# and cursors are ranges of it. A summary adds the digest hash of the stored copy (Record.digest_hash).
+# Anti-entropy (ring/antientropy.py): the initiator sends every request, the responder only answers;
+# all answers are reads except AePush, a merge, so a repeated request is harmless.
+# Rebalancing (ring/rebalance.py): a new owner pulls pages (RbPull/RbPage) from old owners; a losing
+# owner drops a partition only after every new owner's RbConfirm matches its current digest.
+
+ItemRef = tuple[str, tuple[str, ...]]
+ItemSummary = tuple[str, tuple[str, ...], int]
+DigestWire = tuple[int, int]
+"""A RangeDigest as (sum, count)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AeOpen:
+    """Compare the partitions both sides own: `partitions_fp` fingerprints the initiator's sorted set
+    (the responder must compute the same set), `root` is the initiator's tree root over it."""
+
+    session: int
+    partitions_fp: int
+    partitions: int
+    fanout: int
+    root: int
+
+
+@dataclass(frozen=True, slots=True)
+class AeOpened:
+    """The responder's level-1 tree hashes; empty when the roots match (in sync: it keeps no state)."""
+
+    session: int
+    hashes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeReject:
+    """The session ends: `code` is "busy", "partitions" (the sets differ: placements disagree),
+    "session" (unknown or expired) or "invalid" (a request out of bounds)."""
+
+    session: int
+    code: str
+
+
+@dataclass(frozen=True, slots=True)
+class AeTreeQuery:
+    """Send your hashes of the children (at `level`) of nodes `parents` of level `level - 1`."""
+
+    session: int
+    req: int
+    level: int
+    parents: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeTreeHashes:
+    session: int
+    req: int
+    hashes: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeSummaryQuery:
+    """Summaries of each (partition, after-cursor) in order, as many as fit in one answer."""
+
+    session: int
+    req: int
+    cursors: tuple[tuple[int, ItemRef | None], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryPage:
+    """Items of `partition` after the query's cursor; `complete`: nothing follows the last one.
+    Partitions of the query that did not fit are left out of the answer (ask again)."""
+
+    partition: int
+    items: tuple[ItemSummary, ...]
+    complete: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AeSummaries:
+    session: int
+    req: int
+    pages: tuple[SummaryPage, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeFetch:
+    session: int
+    req: int
+    items: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeRecords:
+    """The responder's copies of fetched items; `missing`: it holds none. Items in neither did not
+    fit in the message (ask again)."""
+
+    session: int
+    req: int
+    records: tuple[Record, ...]
+    missing: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AePush:
+    """Merge these copies (the initiator's, of items the responder lacks or holds differently)."""
+
+    session: int
+    req: int
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AeAck:
+    session: int
+    req: int
+
+
+@dataclass(frozen=True, slots=True)
+class AeClose:
+    """The initiator is done; the responder frees the session (it also expires on its own)."""
+
+    session: int
+
+
+@dataclass(frozen=True, slots=True)
+class RbPull:
+    """Send one page of your records of `partition` after item `after` (None: from the start)."""
+
+    transfer: int
+    partition: int
+    after: ItemRef | None
+
+
+@dataclass(frozen=True, slots=True)
+class RbPage:
+    """Records after `after` in item order; `next` is the cursor to continue from (None: that was
+    the last page); `digest` is the sender's digest of the partition when it built this page."""
+
+    transfer: int
+    partition: int
+    after: ItemRef | None
+    records: tuple[Record, ...]
+    next: ItemRef | None
+    digest: DigestWire
+
+
+@dataclass(frozen=True, slots=True)
+class RbConfirm:
+    """A new owner holds (merged) everything the receiver held when its digest of `partition` was `digest`."""
+
+    partition: int
+    digest: DigestWire
+
+
+@dataclass(frozen=True, slots=True)
+class RbConfirmed:
+    """The answer to RbConfirm. `retry`: the receiver's digest moved on; sweep it again now."""
+
+    partition: int
+    ok: bool
+    retry: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RbSweepMe:
+    """From a losing owner to a new owner: pull these partitions from me (again) and confirm."""
+
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyRecords:
+    """Effect: merge `records` (received from `src`) into the local store."""
+
+    src: str
+    records: tuple[Record, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DropPartitions:
+    """Effect: forget these partitions now, before applying any other write (every new owner has
+    confirmed them); from then on this node rejects writes to them as a non-owner."""
+
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionEnded:
+    """Effect (a report; the shell may ignore it): an anti-entropy session this node started ended.
+    `outcome`: "in_sync", "repaired", "timeout" or an AeReject code."""
+
+    peer: str
+    session: int
+    outcome: str
+    partitions_differing: int
+    records_received: int
+    records_sent: int
+
+
+AntiEntropyMessage = (AeOpen | AeOpened | AeReject | AeTreeQuery | AeTreeHashes | AeSummaryQuery | AeSummaries
+                      | AeFetch | AeRecords | AePush | AeAck | AeClose)
+RebalanceMessage = RbPull | RbPage | RbConfirm | RbConfirmed | RbSweepMe
+AntiEntropyEffect = Send | ApplyRecords | SessionEnded
+RebalanceEffect = Send | ApplyRecords | DropPartitions
