@@ -58,7 +58,7 @@ STAT_NAMES = (
     "dropped_ping_req", "dropped_oversize", "probes", "acks", "nacks", "probe_failures", "ping_reqs_sent",
     "ping_reqs_helped", "suspicions_raised", "refutations", "deaths_declared", "updates_sent",
     "updates_received", "gossip_sent", "push_pulls_sent", "push_pulls_received", "push_pull_truncated",
-    "reconnect_pings", "reconnects", "seed_retries",
+    "reconnect_pings", "reconnects", "seed_retries", "corrections_sent",
 )
 
 
@@ -190,9 +190,9 @@ class SwimNode:
         if isinstance(msg, Ping):
             self._on_ping(packet.src_addr, msg, now)
         elif isinstance(msg, Ack):
-            self._on_ack(msg, now)
+            self._on_ack(packet.src_addr, msg, now)
         elif isinstance(msg, Gossip):
-            self._apply(msg.updates, now)
+            self._apply(msg.updates, packet.src_addr, now)
         elif isinstance(msg, PingReq):
             self._on_ping_req(packet.src_addr, msg, now)
         elif isinstance(msg, Nack):
@@ -269,15 +269,15 @@ class SwimNode:
 
     def _on_ping(self, src_addr: str, ping: Ping, now: float) -> None:
         if ping.updates:
-            self._apply(ping.updates, now)  # first, so a refutation rides on this very Ack
+            self._apply(ping.updates, src_addr, now)  # first, so a refutation rides on this very Ack
         if ping.target != self.id:
             self._stats["dropped_wrong_target"] += 1
             return
         self._send(src_addr, Ack(ping.seq, self._piggyback(self._frame_budget - ACK_FIXED_BYTES)))
 
-    def _on_ack(self, ack: Ack, now: float) -> None:
+    def _on_ack(self, src_addr: str, ack: Ack, now: float) -> None:
         if ack.updates:
-            self._apply(ack.updates, now)
+            self._apply(ack.updates, src_addr, now)
         seq = ack.seq
         p = self._probe
         if p is not None and p.seq == seq:
@@ -335,10 +335,11 @@ class SwimNode:
 
     # --- update records: the precedence rules live in members.py --------------------------------------
 
-    def _apply(self, updates: tuple[Update, ...], now: float) -> None:
+    def _apply(self, updates: tuple[Update, ...], src_addr: str, now: float) -> None:
         self._stats["updates_received"] += len(updates)
         get = self._table.lookup
         me = self._me
+        stale: list[Member] | None = None
         for u in updates:
             if isinstance(u, Alive):
                 # Most records are old news: decide those here, without a call (the hot path).
@@ -346,10 +347,31 @@ class SwimNode:
                 if m is not None and m is not me and u.incarnation <= m.incarnation:
                     continue
                 self._on_alive(u, now)
+                continue
+            m = get(u.node)
+            if m is not None and u.incarnation < m.incarnation and m.state is State.ALIVE:
+                # The sender still spreads a suspicion that was refuted: it missed the refutation,
+                # which has likely run out of retransmits by now. Answer it directly (below).
+                if stale is None:
+                    stale = []
+                stale.append(m)
             elif isinstance(u, Suspect):
                 self._on_suspect(u, now)
             else:
                 self._on_dead(u, now)
+        if stale is not None:
+            self._correct(stale, src_addr)
+
+    def _correct(self, members: list[Member], addr: str) -> None:
+        room = self._frame_budget - GOSSIP_FIXED_BYTES
+        records: list[Update] = []
+        for m in dict.fromkeys(members):
+            room -= m.record_bytes
+            if room < 0:
+                break
+            records.append(Alive(m.id, m.incarnation, m.addr, m.meta))
+        self._stats["corrections_sent"] += 1
+        self._send(addr, Gossip(tuple(records)))
 
     def _on_alive(self, a: Alive, now: float) -> None:
         if a.node == self.id:

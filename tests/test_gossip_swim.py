@@ -156,6 +156,19 @@ def test_a_suspected_member_refutes_with_a_higher_incarnation() -> None:
     assert net.first_event(EventKind.DEAD, b.id) is None
 
 
+def test_a_node_spreading_a_refuted_suspicion_is_answered_with_the_refutation() -> None:
+    """A member that missed a refutation would otherwise declare a live member dead."""
+    node = SwimNode("a", "sim:a", META, GossipConfig.sim(), random.Random(1), 0.0)
+    node.handle(Packet("c", "sim:c", "default", Gossip((Alive("b", 4, "sim:b", META),))), 0.0)
+    stale = Packet("c", "sim:c", "default", Gossip((Suspect("b", 3, "c"), Suspect("a", 0, "c"))))
+    out = node.handle(stale, 0.0)
+    assert out == [Send("sim:c", Gossip((Alive("b", 4, "sim:b", META),)))]
+    assert node.incarnation == 1  # refuted the suspicion of itself: that news goes out by gossip...
+    out = node.handle(stale, 0.0)
+    assert out == [Send("sim:c", Gossip((Alive("b", 4, "sim:b", META), Alive("a", 1, "sim:a", META))))]
+    assert node.incarnation == 1 and node.statistics()["corrections_sent"] == 2  # ...and is not raised again
+
+
 def test_buddy_system_tells_a_suspect_it_is_suspected_in_the_probe() -> None:
     node = SwimNode("a", "sim:a", META, GossipConfig.sim(), random.Random(1), 0.0)
     node.handle(Packet("c", "sim:c", "default", Gossip((Alive("b", 3, "sim:b", META),))), 0.0)
