@@ -311,6 +311,25 @@ class MemoryClient:
         r = await self.request("signal.get", ns, {"key": key})
         return Signal(r["key"], r["value"], r["version"], r["writer"], r.get("expires_ms"))
 
+    async def signal_incr(self, ns: str, key: str, by: int = 1, *, ttl_s: float | None = None) -> Signal:
+        """Add `by` (may be negative) to the counter at `key`; returns its new value and version."""
+        return await self._signal_update("signal.incr", ns, {"key": key, "by": by}, ttl_s)
+
+    async def signal_add(self, ns: str, key: str, elements: Iterable[Any], *, ttl_s: float | None = None) -> Signal:
+        """Add JSON scalars to the set at `key` (add wins over a concurrent remove); value = sorted list."""
+        return await self._signal_update("signal.add", ns, {"key": key, "elements": builtins.list(elements)}, ttl_s)
+
+    async def signal_remove(self, ns: str, key: str, elements: Iterable[Any], *,
+                            ttl_s: float | None = None) -> Signal:
+        return await self._signal_update("signal.remove", ns, {"key": key, "elements": builtins.list(elements)},
+                                         ttl_s)
+
+    async def _signal_update(self, action: str, ns: str, data: dict[str, Any], ttl_s: float | None) -> Signal:
+        if ttl_s is not None:
+            data["ttl_s"] = ttl_s
+        r = await self.request(action, ns, data)
+        return Signal(r["key"], r["value"], r["version"], r["writer"], r.get("expires_ms"))
+
     async def signal_delete(self, ns: str, key: str, *, if_version: int | None = None) -> None:
         data: dict[str, Any] = {"key": key}
         if if_version is not None:

@@ -20,9 +20,9 @@ from crypto.errors import Internal, MnemonetError, Unavailable
 
 T = TypeVar("T")
 
-SCHEMA_VERSION = 1
-
-SCHEMA = """
+# Version 1, frozen: every later change is a Migration below (tests pin this text's hash). All of it
+# is IF NOT EXISTS, so re-running it on a version-1 file changes nothing.
+SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS meta(k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS namespaces(code INTEGER PRIMARY KEY, ns TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS memories(
@@ -94,13 +94,93 @@ def connect(path: Path, *, fsync: str, readonly: bool = False) -> sqlite3.Connec
     return conn
 
 
-def init_schema(conn: sqlite3.Connection) -> None:
-    conn.executescript(SCHEMA)
+# Version 2: signal kinds. `kind` says which merge rule a key follows; `state` holds a counter's or
+# set's CRDT state as canonical JSON (ring/crdt.py), NULL for registers and tombstones, while `value`
+# keeps the materialised value that reads return.
+SIGNAL_KINDS_V2 = """
+ALTER TABLE signals ADD COLUMN kind TEXT NOT NULL DEFAULT 'register'
+    CHECK(kind IN ('register', 'counter', 'set'));
+ALTER TABLE signals ADD COLUMN state TEXT;
+"""
+
+
+def run_script(conn: sqlite3.Connection, script: str) -> None:
+    """Run SQL statements one at a time inside the caller's transaction (`executescript` would
+    COMMIT first, splitting a migration across transactions). A statement must end a line."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            conn.execute(pending)
+            pending = ""
+    if any(x.strip() and not x.strip().startswith("--") for x in pending.splitlines()):
+        raise ValueError(f"incomplete SQL statement at the end of a script: {pending.strip()[:80]!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Migration:
+    """One schema step: turns a database at `version - 1` into `version`. It runs inside the
+    start-up transaction, so it must not COMMIT; `run_script` runs plain SQL that way."""
+
+    version: int
+    summary: str
+    apply: Callable[[sqlite3.Connection], None]
+
+
+def _sql(script: str) -> Callable[[sqlite3.Connection], None]:
+    return lambda conn: run_script(conn, script)
+
+
+# Append only, numbered 1, 2, 3, ...; never edit a released step (databases in the field ran it).
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "base schema", _sql(SCHEMA_V1)),
+    Migration(2, "signal kinds: signals.kind and signals.state (CRDT state as canonical JSON)",
+              _sql(SIGNAL_KINDS_V2)),
+)
+SCHEMA_VERSION = MIGRATIONS[-1].version
+
+
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The version recorded in `meta` (0 for an empty file)."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type='table' AND name='meta'").fetchone() is None:
+        return 0
     row = conn.execute("SELECT v FROM meta WHERE k='schema_version'").fetchone()
-    if row is None:
-        conn.execute("INSERT INTO meta(k, v) VALUES('schema_version', ?)", (str(SCHEMA_VERSION),))
-    elif int(row[0]) > SCHEMA_VERSION:
-        raise RuntimeError(f"database schema {row[0]} is newer than this program ({SCHEMA_VERSION})")
+    # A meta table without a version: a version-1 start-up interrupted between its two steps.
+    return 0 if row is None else int(row[0])
+
+
+def migrate(conn: sqlite3.Connection, *, target: int | None = None,
+            migrations: tuple[Migration, ...] = MIGRATIONS) -> int:
+    """Run the steps above the stored version up to `target` (default: the newest), all in one
+    transaction with the version update, so a failing step leaves the file as it was. Refuses a
+    database newer than `migrations` knows. Returns the version found."""
+    known = migrations[-1].version if migrations else 0
+    if [m.version for m in migrations] != list(range(1, len(migrations) + 1)):
+        raise ValueError("migrations must be numbered 1, 2, 3, ... in order")
+    target = known if target is None else target
+    if not 0 <= target <= known:
+        raise ValueError(f"target version {target} is not in [0, {known}]")
+    conn.execute("BEGIN IMMEDIATE")  # one migrator at a time, even across processes
+    try:
+        found = schema_version(conn)
+        if found > known:
+            raise RuntimeError(f"database schema {found} is newer than this program ({known})")
+        for m in migrations[found:target]:
+            m.apply(conn)
+        if target > found:
+            conn.execute("INSERT INTO meta(k, v) VALUES('schema_version', ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
+                         (str(target),))
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        raise
+    return found
+
+
+def init_schema(conn: sqlite3.Connection) -> None:
+    """Create or upgrade the schema at start-up (before any reader connection opens)."""
+    migrate(conn)
 
 
 def _in_read_txn(fn: Callable[[sqlite3.Connection], T], conn: sqlite3.Connection) -> T:

@@ -1,7 +1,8 @@
 """The signal.* and state.* actions, including resumable watches and subscriptions.
 
-Signals are LWW registers per (namespace, key) with TTL and compare-and-set; a state is one
-document per agent, published by that agent only, readable by every authenticated agent.
+A signal at (namespace, key) is a register (LWW, TTL, compare-and-set), a counter or a set (CRDTs
+that lose no update); a state is one document per agent, published by that agent only, readable by
+every authenticated agent. Parsing and permissions here; storage in node/signal_store.py.
 """
 
 from __future__ import annotations
@@ -14,9 +15,13 @@ from node import signal_store
 from node import validate as v
 from node.service import Deferred, Service, action
 from node.session import Session
+from ring.canonical import canonical_encoding
 from ring.merge import Versioned
 
 KEY_CHARS_MAX = 256
+TTL_S_MAX = 10 * 365 * 86400.0
+ELEMENTS_PER_REQUEST_MAX = 256  # signal.add / signal.remove `elements`
+ELEMENT_BYTES_MAX = 256  # one set element as compact JSON (a string's quotes count)
 # Changes replayed to a resuming watch; further behind must re-read (resync). The backlog goes out
 # through the connection's push queue (NodeConfig.push_queue_max), so it must fit well inside it.
 BACKLOG_MAX = 512
@@ -34,12 +39,70 @@ async def signal_set(svc: Service, req: Request, session: Session) -> Any:
     d = req.data
     key = v.string(d, "key", chars_max=KEY_CHARS_MAX)
     value = _value(svc, d, "value", svc.config.signal_value_bytes_max)
-    ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=10 * 365 * 86400.0)
+    ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=TTL_S_MAX)
     if_version = v.integer(d, "if_version", None, lo=0)
     now = svc.wall_ms()
     incoming = Versioned(value, svc.stamp(), req.agent_id, False, None if ttl_s is None else now + int(ttl_s * 1000))
     return await svc.db.write(
         lambda c: signal_store.signal_put(c, req.ns or "", key, incoming, if_version=if_version, now_ms=now))
+
+
+def _expiry(d: dict[str, Any], now_ms: int) -> int | None:
+    # As for registers: each write sets the expiry from its own ttl_s, and a write without one clears it.
+    ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=TTL_S_MAX)
+    return None if ttl_s is None else now_ms + int(ttl_s * 1000)
+
+
+def _elements(d: dict[str, Any]) -> list[Any]:
+    raw = d.get("elements")
+    if not isinstance(raw, list):
+        raise InvalidArgument("field 'elements' must be a list of JSON scalars", field="elements")
+    if len(raw) > ELEMENTS_PER_REQUEST_MAX:
+        raise TooLarge(f"field 'elements' has more than {ELEMENTS_PER_REQUEST_MAX} items", field="elements",
+                       limit=ELEMENTS_PER_REQUEST_MAX)
+    out: dict[str, Any] = {}
+    for e in raw:
+        if isinstance(e, dict | list):
+            raise InvalidArgument("set elements must be JSON scalars (string, number, true, false, null)",
+                                  field="elements")
+        v.stored_value(e, "elements", ELEMENT_BYTES_MAX)
+        out.setdefault(canonical_encoding(e), e)  # a repeated element counts once
+    return list(out.values())
+
+
+@action("signal.incr", "write")
+async def signal_incr(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    key = v.string(d, "key", chars_max=KEY_CHARS_MAX)
+    by = v.integer(d, "by", 1)
+    now = svc.wall_ms()
+    expires_ms, hlc = _expiry(d, now), svc.stamp()
+    return await svc.db.write(lambda c: signal_store.signal_incr(
+        c, req.ns or "", key, by, hlc=hlc, writer=req.agent_id, expires_ms=expires_ms, now_ms=now))
+
+
+@action("signal.add", "write")
+async def signal_add(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    key = v.string(d, "key", chars_max=KEY_CHARS_MAX)
+    elements = _elements(d)
+    now = svc.wall_ms()
+    expires_ms, hlc = _expiry(d, now), svc.stamp()
+    # The node id and its HLC stamp make the add's tag unique across every replica.
+    tag = f"{svc.identity.agent_id}:{hlc}"
+    return await svc.db.write(lambda c: signal_store.signal_add(
+        c, req.ns or "", key, elements, tag=tag, hlc=hlc, writer=req.agent_id, expires_ms=expires_ms, now_ms=now))
+
+
+@action("signal.remove", "write")
+async def signal_remove(svc: Service, req: Request, session: Session) -> Any:
+    d = req.data
+    key = v.string(d, "key", chars_max=KEY_CHARS_MAX)
+    elements = _elements(d)
+    now = svc.wall_ms()
+    expires_ms, hlc = _expiry(d, now), svc.stamp()
+    return await svc.db.write(lambda c: signal_store.signal_remove(
+        c, req.ns or "", key, elements, hlc=hlc, writer=req.agent_id, expires_ms=expires_ms, now_ms=now))
 
 
 @action("signal.delete", "write")

@@ -4,7 +4,8 @@ add-wins observed-remove set. Each merge is a semilattice join; pure, inputs nev
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from crypto.errors import InvalidArgument
@@ -72,6 +73,10 @@ class PNCounter:
     def decr(self, writer: str, amount: int = 1) -> PNCounter:
         return self.incr(writer, -amount)
 
+    def writers(self) -> frozenset[str]:
+        """Every writer with a non-zero entry: the state's size grows with this, not with the updates."""
+        return frozenset(self._p) | frozenset(self._n)
+
     def merge(self, other: PNCounter) -> PNCounter:
         # Each writer's totals only grow, so the larger one has seen every update the smaller one has.
         return PNCounter(_max_union(self._p, other._p), _max_union(self._n, other._n))
@@ -84,6 +89,14 @@ class PNCounter:
         if not isinstance(obj, Mapping):
             raise InvalidArgument("counter must be a mapping with 'p' and 'n'")
         return cls(obj.get("p"), obj.get("n"))
+
+    def to_json(self) -> str:
+        """Canonical JSON text of the state: equal counters give identical text."""
+        return canonical_json(self.to_wire())
+
+    @classmethod
+    def from_json(cls, text: str) -> PNCounter:
+        return cls.from_wire(_loads(text))
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, PNCounter):
@@ -189,6 +202,22 @@ class ORSet:
         """Present elements, in a deterministic (canonical) order."""
         return [self._values[k] for k in sorted(self._live)]
 
+    def tombstone_tags(self) -> list[str]:
+        """One entry per (element, removed tag) pair, sorted: what the tombstones cost to keep."""
+        return sorted(t for rm in self._removed.values() for t in rm)
+
+    def forget_tombstones(self, tags: Collection[str]) -> ORSet:
+        """Drop these removed tags from every element: garbage collection, *not* a join step.
+
+        Safe once every replica has seen the removes (causal stability). A replica that still holds
+        such a tag live brings its element back when merged, since nothing records the remove any more.
+        """
+        drop = frozenset(tags)
+        if not drop:
+            return self
+        return ORSet._build(dict(self._values), dict(self._live),
+                            {k: rm - drop for k, rm in self._removed.items()})
+
     def tags(self, element: object) -> frozenset[str]:
         """The live add tags of ``element`` (empty if absent)."""
         return self._live.get(canonical_encoding(_normalise(element)), _NO_TAGS)
@@ -205,6 +234,14 @@ class ORSet:
             [self._values[k], sorted(self._live.get(k, _NO_TAGS)), sorted(self._removed.get(k, _NO_TAGS))]
             for k in sorted(self._values)
         ]}
+
+    def to_json(self) -> str:
+        """Canonical JSON text of the state: equal sets give identical text."""
+        return canonical_json(self.to_wire())
+
+    @classmethod
+    def from_json(cls, text: str) -> ORSet:
+        return cls.from_wire(_loads(text))
 
     @classmethod
     def from_wire(cls, obj: object) -> ORSet:
@@ -240,3 +277,36 @@ def _tags(x: object) -> frozenset[str]:
     if not isinstance(x, list | tuple) or not all(isinstance(t, str) and t for t in x):
         raise InvalidArgument("tags must be a list of non-empty strings")
     return frozenset(x)
+
+
+# ---------------------------------------------------------------- canonical JSON and element order
+
+
+def canonical_json(obj: object) -> str:
+    """Compact JSON with sorted keys, non-ASCII unescaped, no NaN: one text per JSON value.
+
+    Deterministic only for values whose lists are already in a canonical order (``to_wire`` sorts them).
+    """
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
+def _loads(text: str) -> object:
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise InvalidArgument(f"state is not JSON: {e}") from None
+
+
+def element_order_key(e: object) -> tuple[int, Any, str]:
+    """A readable total order for set elements: null, false, true, numbers by value, strings by code
+    point, then anything else (lists, maps, NaN) by canonical encoding. Numerically equal numbers
+    (1 and 1.0, 0.0 and -0.0) are distinct elements; their canonical encodings order them."""
+    if e is None:
+        return (0, 0, "")
+    if isinstance(e, bool):
+        return (1, int(e), "")
+    if isinstance(e, int) or (isinstance(e, float) and e == e):
+        return (2, e, canonical_encoding(e))
+    if isinstance(e, str):
+        return (3, e, "")
+    return (4, 0, canonical_encoding(_normalise(e)))

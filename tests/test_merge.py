@@ -16,6 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from crypto.errors import InvalidArgument
+from ring.crdt import element_order_key
 from ring.merge import (
     NESTING_DEPTH_MAX,
     ORSet,
@@ -389,3 +390,70 @@ def test_module_is_pure() -> None:
     imported = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
     imported |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"time", "datetime", "random", "trio", "socket", "sqlite3", "asyncio"}
+
+
+# ---------------------------------------------------------------- canonical JSON state, GC, element order
+# (what node/signal_store.py stores and reads: the join must survive the round trip through SQLite text)
+
+
+@given(counters, counters)
+def test_counter_json_is_canonical_and_joins_after_round_trip(a: PNCounter, b: PNCounter) -> None:
+    assert PNCounter.from_json(a.to_json()) == a
+    assert (a.to_json() == b.to_json()) == (a == b)
+    assert PNCounter.from_json(a.to_json()).merge(PNCounter.from_json(b.to_json())).to_json() == a.merge(b).to_json()
+    assert a.writers() == frozenset(a.increments) | frozenset(a.decrements)
+
+
+@given(set_histories(), set_histories())
+def test_set_json_is_canonical_and_joins_after_round_trip(h1: Any, h2: Any) -> None:
+    for a, b in zip(h1[0], h2[0], strict=True):
+        assert ORSet.from_json(a.to_json()) == a
+        assert (a.to_json() == b.to_json()) == (a == b)
+        assert ORSet.from_json(a.to_json()).merge(ORSet.from_json(b.to_json())).to_json() == a.merge(b).to_json()
+        assert a.merge(b).to_json() == b.merge(a).to_json()
+
+
+def test_state_json_rejects_garbage() -> None:
+    for bad in ["", "{", "[1]", '{"e": 1}']:
+        with pytest.raises(InvalidArgument):
+            ORSet.from_json(bad)
+    for bad in ["", "nope", '{"p": {"a": -1}}']:
+        with pytest.raises(InvalidArgument):
+            PNCounter.from_json(bad)
+
+
+@given(set_histories())
+def test_forgetting_tombstones_keeps_the_value(h: Any) -> None:
+    for s in h[0]:
+        tags = s.tombstone_tags()
+        assert tags == sorted(tags) and len(tags) >= len(set(tags))
+        gc = s.forget_tombstones(set(tags))
+        assert gc.tombstone_tags() == [] and gc.to_json() == ORSet.from_json(gc.to_json()).to_json()
+        assert [element_key(e) for e in gc.elements()] == [element_key(e) for e in s.elements()]
+        assert s.forget_tombstones([]) is s
+
+
+def test_forgotten_tombstone_is_safe_only_once_every_replica_saw_the_remove() -> None:
+    base = ORSet().add("x", "a:1")
+    removed = base.remove("x")
+    assert removed.tombstone_tags() == ["a:1"]
+    gc = removed.forget_tombstones(["a:1"])
+    assert "x" not in gc.merge(removed)  # a replica that saw the remove keeps it removed
+    assert "x" in gc.merge(base)  # a replica that never saw it brings x back: the documented hazard
+
+
+def test_element_order_is_readable_and_total() -> None:
+    elements = ["b", 2, None, 1.5, True, "a", -3, False, 1, 1.0, "B", 0.0, -0.0, [1], {"k": 1}, float("nan")]
+    ordered = sorted(elements, key=element_order_key)
+    assert ordered[:13] == [None, False, True, -3, -0.0, 0.0, 1.0, 1, 1.5, 2, "B", "a", "b"]
+    assert str(sorted(reversed(elements), key=element_order_key)) == str(ordered)  # input order does not matter
+
+
+@given(st.lists(st.one_of(st.none(), st.booleans(), st.integers(-(2**63), 2**63 - 1), st.floats(allow_nan=False),
+                          st.text(max_size=4)), max_size=12), st.randoms(use_true_random=False))
+def test_element_order_ignores_input_order(xs: list[Any], rng: Any) -> None:
+    unique = list({canonical_encoding(x): x for x in xs}.values())
+    shuffled = unique[:]
+    rng.shuffle(shuffled)
+    a, b = sorted(unique, key=element_order_key), sorted(shuffled, key=element_order_key)
+    assert [canonical_encoding(x) for x in a] == [canonical_encoding(x) for x in b]
