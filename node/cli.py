@@ -117,6 +117,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     stats = sub.add_parser("stats", help="node statistics")
     client_opts(stats)
+
+    members = sub.add_parser("members", help="the cluster's members as this node's gossip sees them")
+    client_opts(members)
     return p
 
 
@@ -188,6 +191,9 @@ async def _client_cmd(args: argparse.Namespace) -> Any:
             return {"agent": c.agent_id, "version": await c.state_publish(args.doc)}
         if args.cmd == "state":
             return await c.state_get(args.agent)
+        if args.cmd == "members":
+            return [{"id": m["id"], "state": m["state"], "endpoint": m["meta"]["endpoint"],
+                     "incarnation": m["incarnation"]} for m in await c.members()]
         return await c.stats()
 
 

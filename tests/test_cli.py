@@ -51,9 +51,11 @@ async def test_client_verbs_against_a_node(tmp_path: Path) -> None:
                 run("state", "publish", '{"status": "busy"}'),
                 run("state", "get", me),
                 run("stats"),
+                run("members"),
             ]
 
-        stored, found, sset, sget, _pub, state, stats = await trio.to_thread.run_sync(session)
+        stored, found, sset, sget, _pub, state, stats, members = await trio.to_thread.run_sync(session)
+        assert [(m["id"], m["state"], m["endpoint"]) for m in members] == [(stats["node"], "alive", url)]
         assert stored["created"] and found["hits"][0]["id"] == stored["id"]
         assert sget["value"] == "rollout" and sget["version"] == sset["version"]
         assert state["doc"] == {"status": "busy"}
