@@ -52,15 +52,21 @@ class BroadcastQueue:
     def __bool__(self) -> bool:
         return bool(self._by_node)
 
-    def push(self, update: Update, size: int) -> None:
-        """Queue `update` (its encoded size bound is `size` bytes), replacing any queued one for its node."""
+    def push(self, update: Update, size: int, sent: int = 0) -> None:
+        """Queue `update` (its encoded size bound is `size` bytes), replacing any queued one for its node.
+
+        `sent` counts it as already transmitted that many times: a smaller budget for likely old news.
+        """
         node = update.node
         old = self._by_node.get(node)
         if old is not None:
             del self._buckets[old.transmits][node]
         item = _Item(update, size)
+        item.transmits = sent
+        while len(self._buckets) <= sent:
+            self._buckets.append({})
         self._by_node[node] = item
-        self._buckets[0][node] = item
+        self._buckets[sent][node] = item
         if len(self._by_node) > self._items_max:
             self._evict_one()
 

@@ -134,7 +134,7 @@ class Gossip:
 
 @dataclass(frozen=True, slots=True)
 class PushPull:
-    """Full-state sync. `join`: the sender is (re)joining through us; `reply`: do not answer this one."""
+    """Full-state sync. `join`: part of a (re)join exchange (a reply copies it); `reply`: do not answer."""
 
     states: tuple[NodeState, ...]
     join: bool = False

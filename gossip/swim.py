@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from crypto.errors import InvalidArgument
 from gossip.awareness import Awareness
-from gossip.broadcast import BroadcastQueue
+from gossip.broadcast import BroadcastQueue, retransmit_limit
 from gossip.codec import (
     ACK_FIXED_BYTES,
     GOSSIP_FIXED_BYTES,
@@ -313,7 +313,12 @@ class SwimNode:
     def _on_push_pull(self, src_addr: str, pp: PushPull, now: float) -> None:
         self._stats["push_pulls_received"] += 1
         if not pp.reply:
-            self._send(src_addr, PushPull(self._states(), reply=True))
+            self._send(src_addr, PushPull(self._states(), join=pp.join, reply=True))
+        # The answer to our join: members new to us are mostly old news to the group, so they get the
+        # smallest retransmit budget (retransmit_mult, not mult * log10 n): a cold start of n nodes costs
+        # ~n^2 * retransmits record sends, and this cuts the joiners' share of it by log10 n. Not zero:
+        # members that joined at the same time as us are still news.
+        spread = not (pp.join and pp.reply)
         get = self._table.lookup
         for s in pp.states:
             m = self._me if s.node == self.id else get(s.node)
@@ -321,7 +326,7 @@ class SwimNode:
                     s.incarnation == m.incarnation and s.state is State.ALIVE)):
                 continue  # stale or already known: the common case, decided without building records
             if s.state is State.ALIVE:
-                self._on_alive(Alive(s.node, s.incarnation, s.addr, s.meta), now)
+                self._on_alive(Alive(s.node, s.incarnation, s.addr, s.meta), now, spread or m is not None)
             elif s.state is State.LEFT:
                 self._on_dead(Dead(s.node, s.incarnation, s.node), now)
             else:
@@ -330,7 +335,7 @@ class SwimNode:
                 if m is None:
                     if s.state is State.DEAD:
                         continue
-                    self._on_alive(Alive(s.node, s.incarnation, s.addr, s.meta), now)
+                    self._on_alive(Alive(s.node, s.incarnation, s.addr, s.meta), now, spread)
                 self._on_suspect(Suspect(s.node, s.incarnation, self.id), now)
 
     # --- update records: the precedence rules live in members.py --------------------------------------
@@ -373,7 +378,7 @@ class SwimNode:
         self._stats["corrections_sent"] += 1
         self._send(addr, Gossip(tuple(records)))
 
-    def _on_alive(self, a: Alive, now: float) -> None:
+    def _on_alive(self, a: Alive, now: float, news: bool = True) -> None:
         if a.node == self.id:
             me = self._me
             if self._leaving or a.incarnation < me.incarnation or (
@@ -409,7 +414,11 @@ class SwimNode:
                 self._event(EventKind.ALIVE if old is State.SUSPECT else EventKind.JOINED, m)
             elif changed:
                 self._event(EventKind.UPDATED, m)
-        self._queue.push(a, m.record_bytes)
+        if news:
+            self._queue.push(a, m.record_bytes)
+        else:
+            limit = retransmit_limit(self.config.retransmit_mult, self._n())
+            self._queue.push(a, m.record_bytes, sent=max(0, limit - self.config.retransmit_mult))
 
     def _on_suspect(self, s: Suspect, now: float) -> None:
         if s.node == self.id:

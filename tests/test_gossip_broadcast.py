@@ -108,3 +108,14 @@ def test_retransmit_bound_holds_for_any_interleaving(script: list[tuple[str, obj
                 sent[u.incarnation] += 1
                 limits[u.incarnation] = max(limits.get(u.incarnation, 0), retransmit_limit(mult, n))
                 assert sent[u.incarnation] <= limits[u.incarnation]
+
+
+def test_likely_old_news_can_start_with_a_smaller_budget() -> None:
+    q = BroadcastQueue(4, 100)
+    q.push(alive("old-news"), 50, sent=retransmit_limit(4, 1000) - 4)
+    q.push(alive("news"), 50)
+    sends: Counter[str] = Counter()
+    while q:
+        ups, _ = q.take(1000, n=1000)
+        sends.update(u.node for u in ups)
+    assert sends == {"old-news": 4, "news": 16}
