@@ -12,7 +12,7 @@ from typing import Any
 
 import msgpack
 
-from crypto.errors import BadFrame, BadSignature, Forbidden, TooLarge
+from crypto.errors import BadFrame, BadSignature, Forbidden, InvalidArgument, TooLarge
 from crypto.identity import (
     PUBLIC_KEY_BYTES,
     SIGNATURE_BYTES,
@@ -53,6 +53,17 @@ _UNPACK_LIMITS = {"max_bin_len": _SIGNED_BYTES_MAX, "max_str_len": _SIGNED_BYTES
 
 _T_ALIVE, _T_SUSPECT, _T_DEAD = 0, 1, 2
 _T_PING, _T_ACK, _T_NACK, _T_PINGREQ, _T_GOSSIP, _T_PUSHPULL = 0, 1, 2, 3, 4, 5
+
+
+def check_fields(node_id: str, addr: str, network: str, meta: Meta) -> None:
+    """InvalidArgument if peers could not decode our records (they drop a frame with any bad field)."""
+    try:
+        _str(node_id, ID_CHARS_MAX)
+        _str(addr, ADDR_CHARS_MAX)
+        _str(network, NETWORK_CHARS_MAX)
+        _meta(_meta_obj(meta))
+    except BadFrame as e:
+        raise InvalidArgument(f"gossip identity or metadata out of wire bounds: {e.message}") from None
 
 
 # --- size bounds (never below the real encoded size; checked by tests/test_gossip_codec.py) ---------

@@ -19,6 +19,7 @@ from gossip.codec import (
     PING_FIXED_BYTES,
     PUSHPULL_FIXED_BYTES,
     alive_bytes,
+    check_fields,
     frame_overhead_bytes,
     meta_bytes,
     str_bytes,
@@ -123,7 +124,9 @@ class SwimNode:
         self._timers: list[tuple[float, int, int, str | int]] = []  # heap: (deadline, tiebreak, kind, key)
         self._timer_count = 0
         self._probe: _Probe | None = None
-        self._seq = 0
+        # A random start, so a restarted node does not reuse the sequence numbers of its last boot
+        # (a replayed Ack from then could otherwise complete one of its probes).
+        self._seq = int(rng.random() * 2**40)
         self._seeds: tuple[str, ...] = ()
         self._last_seed_try = -math.inf
         self._leaving = False
@@ -565,6 +568,8 @@ class SwimNode:
             if m is not None and m.state_changed_at < horizon:
                 table.remove(node)
         self._reconnects.clear()  # the last round's checks that got no ack
+        if self._leaving:
+            return
         dead = table.dead_ids()
         if dead:
             m = table.get(dead[int(self._rng.random() * len(dead))])
@@ -573,7 +578,7 @@ class SwimNode:
                 self._reconnects[seq] = m.addr
                 self._send(m.addr, Ping(seq, m.id, ()))
                 self._stats["reconnect_pings"] += 1
-        if self._seeds and not self._leaving:
+        if self._seeds:
             alone = table.live_count() == 0
             if alone or now - self._last_seed_try >= self._push_pull_interval():
                 live_addrs = {m.addr for m in table if m.state in _LIVE}
@@ -631,6 +636,7 @@ class SwimNode:
         return tuple(updates)
 
     def _check_meta(self, meta: Meta) -> None:
+        check_fields(self.id, self.addr, self.network, meta)
         if meta_bytes(meta) > self.config.meta_bytes_max:
             raise InvalidArgument(f"member metadata exceeds {self.config.meta_bytes_max} bytes")
 

@@ -346,9 +346,20 @@ def test_statistics_has_every_counter() -> None:
     assert set(STAT_NAMES) <= set(node.statistics())
 
 
-def test_oversized_metadata_is_refused() -> None:
+@pytest.mark.parametrize("node_id, addr, meta", [
+    ("a", "sim:a", Meta(roles=tuple("r" * 60 for _ in range(8)))),  # over meta_bytes_max
+    ("a", "sim:a", Meta(endpoint="x" * 300)),  # a field peers would refuse to decode
+    ("a" * 200, "sim:a", META),
+    ("a", "sim:" + "a" * 300, META),
+])
+def test_records_peers_could_not_decode_are_refused_up_front(node_id: str, addr: str, meta: Meta) -> None:
     with pytest.raises(InvalidArgument):
-        SwimNode("a", "sim:a", Meta(endpoint="x" * 600), GossipConfig.sim(), random.Random(1), 0.0)
+        SwimNode(node_id, addr, meta, GossipConfig.sim(), random.Random(1), 0.0)
+    node = SwimNode("a", "sim:a", META, GossipConfig.sim(), random.Random(1), 0.0)
+    if node_id == "a" and addr == "sim:a":
+        with pytest.raises(InvalidArgument):
+            node.update_meta(meta, 1.0)
+        assert node.incarnation == 0
 
 
 # --- properties -----------------------------------------------------------------------------------
