@@ -290,7 +290,6 @@ def test_late_duplicate_and_forged_answers_are_ignored_or_end_the_session() -> N
     assert_converged(net, joined([mem("m1", 1), mem("m2", 1)]))
 
 
-@pytest.mark.slow
 def test_one_percent_divergence_over_13k_partitions(capsys: pytest.CaptureFixture[str]) -> None:
     bits, rng = 17, random.Random(5)
     base: list[Record] = []

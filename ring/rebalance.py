@@ -1,0 +1,383 @@
+"""Rebalancing after a placement change, sans-IO: a node pulls the partitions it gained from their old
+owners in resumable pages, and drops the partitions it lost once every new owner has confirmed them.
+
+Owns the transfer and hand-over protocol, its bounds and statistics; it must not touch storage (a
+`ReplicaData` answers reads, effects carry writes and drops), route client requests or read a clock.
+
+Reads and writes during a move (the rule the coordinator and the shell follow):
+- Writes go to the owners in the new placement as soon as a coordinator knows it. An old owner keeps
+  a lost partition and still accepts writes to it (from coordinators still on the old placement) until
+  it drops it. It drops only when every new owner's RbConfirm equals its digest *at that moment*, and
+  the shell carries out DropPartitions before it applies any other write, so every write the old owner
+  acknowledged is held by every new owner: nothing acknowledged is lost.
+- Reads go to the new owners; one still pulling (`pending(p)`) answers "not ready" and the coordinator
+  asks the next replica, or an old owner, which holds the data until it drops it.
+- Effects are carried out in order: an RbConfirm is only sent after the pages it vouches for were applied.
+
+Confirmation: a new owner "sweeps" a losing owner, pulling every page of the partition from it. If the
+loser's digest was the same on the first and the last page, nothing changed in between (merges only
+grow a partition), so every item it held is now merged here: the new owner sends RbConfirm(that digest).
+A loser whose digest moved on answers retry (sweep again), and nudges unconfirmed new owners every
+`nudge_interval_s` (RbSweepMe), which also covers a lost RbConfirm or a new owner that restarted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import math
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ring.antientropy import ReplicaData, Rng, as_ref, pack, ref_of, wire_bytes
+from ring.digest import RangeDigest
+from ring.messages import (
+    ApplyRecords,
+    DigestWire,
+    DropPartitions,
+    ItemRef,
+    RbConfirm,
+    RbConfirmed,
+    RbPage,
+    RbPull,
+    RbSweepMe,
+    Send,
+)
+from ring.partition import Movement
+
+Effect = Send | ApplyRecords | DropPartitions
+
+
+@dataclass(frozen=True, slots=True)
+class RebalanceLimits:
+    """Bounds of one node's rebalancing."""
+
+    transfers_in_flight_max: int = 8  # pages asked for at once: the back-pressure on the shell's writes
+    records_per_page_max: int = 256
+    page_bytes_max: int = 512 * 1024  # a page is cut here (at least one record, so a big one still moves)
+    request_timeout_s: float = 5.0  # a page read and applied on a busy node, with margin
+    request_attempts_max: int = 3  # then that source is given up and the next old owner is tried
+    retry_backoff_s: float = 10.0  # after every old owner of a partition failed once
+    nudge_interval_s: float = 30.0  # a loser re-asks unconfirmed new owners this often
+    partitions_per_nudge_max: int = 1024
+
+
+@dataclass(slots=True)
+class RebalanceStats:
+    partitions_gained: int = 0
+    partitions_pulled: int = 0
+    pages_received: int = 0
+    records_received: int = 0
+    pages_served: int = 0
+    records_served: int = 0
+    confirms_sent: int = 0
+    confirms_accepted: int = 0
+    confirms_stale: int = 0
+    resweeps: int = 0
+    timeouts: int = 0
+    partitions_dropped: int = 0
+    nudges_sent: int = 0
+    messages_sent: int = 0
+    messages_received: int = 0
+    bytes_sent: int = 0
+    bytes_received: int = 0
+
+
+@dataclass(slots=True)
+class _Task:
+    """Pull every page of `partition` from `source`, resuming at `cursor`; `confirm`: it is a losing
+    owner we must sweep and confirm to."""
+
+    partition: int
+    source: str
+    confirm: bool
+    cursor: ItemRef | None = None
+    first: DigestWire | None = None
+    transfer: int = 0
+    attempts: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Owned:
+    """A moved partition this node owns in the new placement (gained, or kept beside losing owners)."""
+
+    movement: Movement
+    gained: bool
+    have_data: bool
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Old owners to pull from: losers first (their pull doubles as their sweep)."""
+        m = self.movement
+        return m.lost + tuple(n for n in m.old if n not in m.lost)
+
+
+@dataclass(slots=True)
+class _Lost:
+    confirmers: tuple[str, ...]
+    confirmed: dict[str, DigestWire] = field(default_factory=dict)
+
+
+class Rebalancer:
+    """One node's side of every move: `plan(diff(old, new))` on each placement change (the diff from the
+    last settled placement), then `handle`/`tick` return effects; `next_deadline` says when to tick."""
+
+    def __init__(self, me: str, view: ReplicaData, rng: Rng, now: float, limits: RebalanceLimits | None = None) -> None:
+        self.me, self._view, self._rng = me, view, rng
+        self.limits = limits or RebalanceLimits()
+        self._owned: dict[int, _Owned] = {}
+        self._lost: dict[int, _Lost] = {}
+        self._queue: deque[_Task] = deque()
+        self._delayed: list[tuple[float, int, _Task]] = []
+        self._active: dict[int, _Task] = {}
+        self._tasks: set[tuple[int, str]] = set()
+        self._per_partition: Counter[int] = Counter()
+        self._seq = 0
+        self._nudge_s = math.inf
+        self._stats = RebalanceStats()
+
+    # ---- public ----
+    def statistics(self) -> RebalanceStats:
+        return dataclasses.replace(self._stats)
+
+    def pending(self, partition: int) -> bool:
+        """Gained and not yet pulled: reads of it should go to another replica."""
+        o = self._owned.get(partition)
+        return o is not None and not o.have_data
+
+    def keeping(self, partition: int) -> bool:
+        """Lost but not yet dropped: still served and still written."""
+        return partition in self._lost
+
+    def settled(self) -> bool:
+        return not self._lost and not self._tasks and all(o.have_data for o in self._owned.values())
+
+    def plan(self, movements: Sequence[Movement], now: float) -> list[Effect]:
+        """Adopt the moves of a placement change. Work on partitions that stay in the plan carries over."""
+        me = self.me
+        owned: dict[int, _Owned] = {}
+        lost: dict[int, _Lost] = {}
+        for m in movements:
+            p = m.partition
+            if me in m.new and (me in m.gained or m.lost):
+                prev = self._owned.get(p)
+                gained = me in m.gained
+                have = not gained or not m.old or (prev is not None and prev.have_data and prev.movement.old == m.old)
+                owned[p] = _Owned(m, gained, have)
+                if gained and (prev is None or not prev.gained):
+                    self._stats.partitions_gained += 1
+            if me in m.lost:
+                confirmers = m.gained or m.new  # no new node: a remaining owner vouches instead
+                prev_lost = self._lost.get(p)
+                kept = {c: d for c, d in prev_lost.confirmed.items() if c in confirmers} if prev_lost else {}
+                lost[p] = _Lost(confirmers, kept)
+        self._owned, self._lost = owned, lost
+        keep = [t for t in self._all_tasks() if t.partition in owned and t.source in owned[t.partition].movement.old]
+        self._queue, self._delayed, self._active = deque(), [], {}
+        self._tasks.clear()
+        self._per_partition.clear()
+        for t in keep:
+            self._enqueue(t, now)
+        for p, o in owned.items():
+            if not o.gained or self._per_partition[p]:
+                continue
+            losers = o.movement.lost
+            if losers:
+                for loser in losers:
+                    self._enqueue(_Task(p, loser, True), now)
+            elif not o.have_data:
+                self._enqueue(_Task(p, o.sources[0], False), now)
+        self._nudge_s = now + self.limits.nudge_interval_s if lost else math.inf
+        return self._pump(now)
+
+    def handle(self, src: str, msg: object, now: float) -> list[Effect]:
+        self._stats.messages_received += 1
+        self._stats.bytes_received += wire_bytes(msg)
+        if isinstance(msg, RbPull):
+            return [self._serve(src, msg)]
+        if isinstance(msg, RbPage):
+            return self._on_page(src, msg, now) + self._pump(now)
+        if isinstance(msg, RbConfirm):
+            return self._on_confirm(src, msg)
+        if isinstance(msg, RbConfirmed):
+            if msg.ok:
+                return []
+            if msg.retry:
+                self._sweep(msg.partition, src, now)
+            return self._pump(now)
+        if isinstance(msg, RbSweepMe):
+            for p in msg.partitions[: self.limits.partitions_per_nudge_max]:
+                self._sweep(p, src, now)
+            return self._pump(now)
+        return []
+
+    def tick(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while self._delayed and self._delayed[0][0] <= now:
+            self._queue.append(heapq.heappop(self._delayed)[2])
+        for t in list(self._active.values()):
+            if now - t.sent_at < self.limits.request_timeout_s:
+                continue
+            if t.attempts >= self.limits.request_attempts_max:
+                self._stats.timeouts += 1
+                self._finish(t)
+                self._give_up(t, now)
+            else:
+                t.attempts += 1
+                t.sent_at = now
+                effects.append(self._send(t.source, RbPull(t.transfer, t.partition, t.cursor)))
+        if now >= self._nudge_s:
+            self._nudge_s = now + self.limits.nudge_interval_s
+            effects += self._nudges()
+        return effects + self._pump(now)
+
+    def next_deadline(self) -> float:
+        t = self._nudge_s
+        if self._delayed:
+            t = min(t, self._delayed[0][0])
+        for task in self._active.values():
+            t = min(t, task.sent_at + self.limits.request_timeout_s)
+        return t
+
+    # ---- serving and losing ----
+    def _serve(self, src: str, msg: RbPull) -> Send:
+        after = None if msg.after is None else as_ref(msg.after)
+        lim = self.limits
+        records = self._view.records_after(msg.partition, after, lim.records_per_page_max)
+        sent = pack(records, lim.page_bytes_max)
+        more = len(sent) < len(records) or len(records) == lim.records_per_page_max
+        d = self._digest(msg.partition)
+        self._stats.pages_served += 1
+        self._stats.records_served += len(sent)
+        return self._send(src, RbPage(msg.transfer, msg.partition, after, tuple(sent),
+                                      ref_of(sent[-1]) if more and sent else None, d))
+
+    def _on_confirm(self, src: str, msg: RbConfirm) -> list[Effect]:
+        p = msg.partition
+        lost = self._lost.get(p)
+        if lost is None or src not in lost.confirmers:
+            return [self._send(src, RbConfirmed(p, False))]  # not (or no longer) ours to release
+        current = self._digest(p)
+        if tuple(msg.digest) != current:
+            self._stats.confirms_stale += 1
+            return [self._send(src, RbConfirmed(p, False, retry=True))]
+        self._stats.confirms_accepted += 1
+        lost.confirmed[src] = current
+        effects: list[Effect] = []
+        if all(lost.confirmed.get(c) == current for c in lost.confirmers):
+            del self._lost[p]
+            self._stats.partitions_dropped += 1
+            effects.append(DropPartitions((p,)))
+            if not self._lost:
+                self._nudge_s = math.inf
+        return effects + [self._send(src, RbConfirmed(p, True))]
+
+    def _nudges(self) -> list[Effect]:
+        """Ask every new owner that has not confirmed our current digest to sweep us (again)."""
+        current = {p: self._digest(p) for p in self._lost}
+        wanted: dict[str, list[int]] = {}
+        for p, lost in self._lost.items():
+            for c in lost.confirmers:
+                if lost.confirmed.get(c) != current[p]:
+                    wanted.setdefault(c, []).append(p)
+        effects: list[Effect] = []
+        step = self.limits.partitions_per_nudge_max
+        for c, ps in sorted(wanted.items()):
+            for i in range(0, len(ps), step):
+                self._stats.nudges_sent += 1
+                effects.append(self._send(c, RbSweepMe(tuple(ps[i:i + step]))))
+        return effects
+
+    # ---- pulling ----
+    def _on_page(self, src: str, msg: RbPage, now: float) -> list[Effect]:
+        t = self._active.get(msg.transfer)
+        after = None if msg.after is None else as_ref(msg.after)
+        if t is None or t.source != src or t.partition != msg.partition or after != t.cursor:
+            return []  # duplicate, late or foreign page
+        bits = self._view.partition_bits
+        records = tuple(r for r in msg.records if r.partition(bits) == t.partition)
+        self._stats.pages_received += 1
+        self._stats.records_received += len(records)
+        effects: list[Effect] = [ApplyRecords(src, records)] if records else []
+        digest: DigestWire = (int(msg.digest[0]), int(msg.digest[1]))
+        if t.first is None:
+            t.first = digest
+        o = self._owned.get(t.partition)
+        if msg.next is not None:
+            t.cursor, t.attempts, t.sent_at = as_ref(msg.next), 1, now
+            return effects + [self._send(src, RbPull(t.transfer, t.partition, t.cursor))]
+        self._finish(t)
+        if o is not None and o.gained and not o.have_data:
+            o.have_data = True
+            self._stats.partitions_pulled += 1
+        if t.confirm:
+            if t.first == digest:
+                self._stats.confirms_sent += 1
+                effects.append(self._send(src, RbConfirm(t.partition, digest)))
+            else:  # the loser changed while we swept it: what it gained since may have been skipped
+                self._stats.resweeps += 1
+                self._enqueue(_Task(t.partition, src, True), now)
+        return effects
+
+    def _sweep(self, p: int, loser: str, now: float) -> None:
+        o = self._owned.get(p)
+        if o is not None and loser in o.movement.lost and (p, loser) not in self._tasks:
+            self._enqueue(_Task(p, loser, True), now)
+
+    def _give_up(self, t: _Task, now: float) -> None:
+        """A source stopped answering. A loser's sweep waits for its nudge; missing data is pulled from
+        the next old owner, resuming at the cursor (pages are ranges of one item order everywhere)."""
+        o = self._owned.get(t.partition)
+        if o is None or o.have_data or self._per_partition[t.partition]:
+            return
+        sources = o.sources
+        i = (sources.index(t.source) + 1) % len(sources) if t.source in sources else 0
+        nxt = _Task(t.partition, sources[i], False, t.cursor)
+        self._enqueue(nxt, now + (self.limits.retry_backoff_s if i == 0 else 0.0))
+
+    def _enqueue(self, t: _Task, ready_s: float) -> None:
+        t.first, t.attempts, t.transfer = None, 0, 0
+        if t.confirm:
+            t.cursor = None  # a sweep is only a proof if it is whole
+        self._tasks.add((t.partition, t.source))
+        self._per_partition[t.partition] += 1
+        self._seq += 1
+        heapq.heappush(self._delayed, (ready_s, self._seq, t))
+
+    def _finish(self, t: _Task) -> None:
+        self._active.pop(t.transfer, None)
+        self._tasks.discard((t.partition, t.source))
+        self._per_partition[t.partition] -= 1
+
+    def _pump(self, now: float) -> list[Effect]:
+        while self._delayed and self._delayed[0][0] <= now:
+            self._queue.append(heapq.heappop(self._delayed)[2])
+        effects: list[Effect] = []
+        while self._queue and len(self._active) < self.limits.transfers_in_flight_max:
+            t = self._queue.popleft()
+            t.transfer = self._new_transfer_id()
+            t.attempts, t.sent_at = 1, now
+            self._active[t.transfer] = t
+            effects.append(self._send(t.source, RbPull(t.transfer, t.partition, t.cursor)))
+        return effects
+
+    # ---- helpers ----
+    def _all_tasks(self) -> list[_Task]:
+        return list(self._active.values()) + list(self._queue) + [t for _, _, t in self._delayed]
+
+    def _digest(self, p: int) -> DigestWire:
+        d = self._view.digests([p]).get(p, RangeDigest())
+        return d.sum, d.count
+
+    def _new_transfer_id(self) -> int:
+        while True:
+            tid = 1 + int(self._rng.random() * (1 << 53))
+            if tid not in self._active:
+                return tid
+
+    def _send(self, to: str, msg: object) -> Send:
+        self._stats.messages_sent += 1
+        self._stats.bytes_sent += wire_bytes(msg)
+        return Send(to, msg)
