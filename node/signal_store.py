@@ -24,8 +24,9 @@ KINDS = ("register", "counter", "set")
 # Bounds on one key's CRDT state (it is read and rewritten whole on every update).
 COUNTER_WRITERS_MAX = 1024  # distinct agents with a contribution; one more is `too_large`
 SET_ELEMENTS_MAX = 1024  # present elements; an add beyond is `too_large`
-# Removed add-tags kept for merging with replicas that have not seen the removes yet; beyond this the
-# oldest (by the HLC in the tag) are forgotten. Not an error: a set must not wear out with churn.
+# (element, removed tag) pairs kept for merging with replicas that have not seen the removes yet;
+# beyond this the oldest tags (by the HLC in the tag) are forgotten down to 3/4 of it. Not an error:
+# a set must not wear out with churn.
 SET_TOMBSTONES_MAX = 1024
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -162,10 +163,11 @@ def _tag_hlc(tag: str) -> int:
 
 
 def _bounded_tombstones(s: ORSet) -> ORSet:
-    pairs = s.tombstone_tags()
-    excess = len(pairs) - SET_TOMBSTONES_MAX
-    if excess <= 0:
+    if s.tombstone_count() <= SET_TOMBSTONES_MAX:
         return s
+    # Prune to 3/4 of the bound, so the sort below runs once per many removes, not on every one.
+    pairs = s.tombstone_tags()
+    excess = len(pairs) - SET_TOMBSTONES_MAX * 3 // 4
     per_tag = Counter(pairs)
     drop: list[str] = []
     for tag in sorted(per_tag, key=lambda t: (_tag_hlc(t), t)):

@@ -202,6 +202,10 @@ class ORSet:
         """Present elements, in a deterministic (canonical) order."""
         return [self._values[k] for k in sorted(self._live)]
 
+    def tombstone_count(self) -> int:
+        """How many (element, removed tag) pairs are kept: what the tombstones cost."""
+        return sum(len(rm) for rm in self._removed.values())
+
     def tombstone_tags(self) -> list[str]:
         """One entry per (element, removed tag) pair, sorted: what the tombstones cost to keep."""
         return sorted(t for rm in self._removed.values() for t in rm)
