@@ -309,7 +309,7 @@ class MemoryClient:
 
     async def signal_get(self, ns: str, key: str) -> Signal:
         r = await self.request("signal.get", ns, {"key": key})
-        return Signal(r["key"], r["value"], r["version"], r["writer"], r.get("expires_ms"))
+        return _signal(r)
 
     async def signal_incr(self, ns: str, key: str, by: int = 1, *, ttl_s: float | None = None) -> Signal:
         """Add `by` (may be negative) to the counter at `key`; returns its new value and version."""
@@ -328,7 +328,7 @@ class MemoryClient:
         if ttl_s is not None:
             data["ttl_s"] = ttl_s
         r = await self.request(action, ns, data)
-        return Signal(r["key"], r["value"], r["version"], r["writer"], r.get("expires_ms"))
+        return _signal(r)
 
     async def signal_delete(self, ns: str, key: str, *, if_version: int | None = None) -> None:
         data: dict[str, Any] = {"key": key}
@@ -381,3 +381,7 @@ class MemoryClient:
 from node.blocking_client import BlockingMemoryClient  # noqa: E402
 
 __all__ = ["BlockingMemoryClient", "Memory", "MemoryClient", "Page", "Signal", "StoreResult", "Watch"]
+
+
+def _signal(r: dict[str, Any]) -> Signal:
+    return Signal(r["key"], r["value"], r["version"], r["writer"], r.get("expires_ms"), r.get("kind", "register"))

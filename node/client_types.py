@@ -64,6 +64,7 @@ class Signal:
     version: int
     writer: str
     expires_ms: int | None = None
+    kind: str = "register"  # "register" | "counter" | "set" (docs/protocol.md §6.3)
 
 
 @dataclass(frozen=True, slots=True)

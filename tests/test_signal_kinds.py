@@ -349,7 +349,8 @@ async def test_watch_kind_conflicts_and_delete_through_the_api(node: RunningNode
         w = await c.watch(ns, prefix="")
         v1 = (await c.signal_incr(ns, "n", 5, ttl_s=60)).version
         assert (await c.signal_incr(ns, "n", -2)).value == 3
-        await c.signal_add(ns, "tags", ["b", "a", "b"])
+        assert (await c.signal_get(ns, "n")).kind == "counter"
+        assert (await c.signal_add(ns, "tags", ["b", "a", "b"])).kind == "set"
         await c.signal_remove(ns, "tags", ["b"])
         await c.signal_set(ns, "reg", {"x": 1})
         with pytest.raises(Conflict):
