@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gossip.config import GossipConfig
-from gossip.messages import EventKind
-from gossip.sim import Latency, Simulation
+from gossip.messages import EventKind, Send
+from gossip.sim import Latency, SimNode, Simulation
 from testnet.sim import new_sim, reproducible, start_cluster
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -170,3 +170,22 @@ def test_run_until_true_gives_up_at_the_timeout() -> None:
     sim.add_node(seeds=["n0"])
     assert sim.run_until_true(sim.converged, timeout_s=2.0) is None
     assert sim.now == pytest.approx(2.0)
+
+
+def test_byte_counts_match_the_codec_bounds() -> None:
+    from gossip.codec import frame_overhead_bytes, message_bytes
+
+    sim = new_sim(8, count_bytes=True)
+    expected = 0
+    send = sim._send
+
+    def counting_send(node: SimNode, e: Send) -> None:
+        nonlocal expected
+        expected += message_bytes(e.msg) + frame_overhead_bytes(sim.network, node.addr)
+        send(node, e)
+
+    sim._send = counting_send  # type: ignore[method-assign]
+    assert start_cluster(sim, 15) is not None
+    sim.crash("n3")
+    sim.run_for(20)
+    assert sim.stats["bytes_sent"] == expected > 0
