@@ -47,6 +47,9 @@ ADDR_CHARS_MAX = 256
 NETWORK_CHARS_MAX = 64
 ROLES_MAX = 16
 ROLE_CHARS_MAX = 64
+# An admission token from `mnemonet admit` is ~400 characters; the bound leaves room for long network
+# names while one record stays well inside a 4 KiB frame.
+ADMISSION_CHARS_MAX = 1024
 _INT_MAX = 2**63 - 1
 _SIGNED_BYTES_MAX = 64 * 1024 * 1024
 _UNPACK_LIMITS = {"max_bin_len": _SIGNED_BYTES_MAX, "max_str_len": _SIGNED_BYTES_MAX}
@@ -82,7 +85,14 @@ def meta_bytes(m: Meta) -> int:
     n = 28 + _array_header_bytes(len(m.roles)) + str_bytes(m.endpoint) + str_bytes(m.version)
     for r in m.roles:
         n += str_bytes(r)
+    if m.admission:
+        n += str_bytes(m.admission)
     return n
+
+
+def admission_bytes(m: Meta) -> int:
+    """The share of meta_bytes(m) that is the admission token (GossipConfig.meta_bytes_max excludes it)."""
+    return str_bytes(m.admission) if m.admission else 0
 
 
 def alive_bytes(node: str, addr: str, meta_size: int) -> int:
@@ -130,7 +140,12 @@ def message_bytes(msg: Message) -> int:
 # --- encoding -------------------------------------------------------------------------------------
 
 def _meta_obj(m: Meta) -> list[Any]:
-    return [list(m.roles), float(m.capability), m.storage_bytes, float(m.load), m.endpoint, m.version]
+    # The admission token is a 7th field only when present: a network without admission sends exactly
+    # the 6-field metadata of before.
+    obj = [list(m.roles), float(m.capability), m.storage_bytes, float(m.load), m.endpoint, m.version]
+    if m.admission:
+        obj.append(m.admission)
+    return obj
 
 
 def _update_obj(u: Update) -> list[Any]:
@@ -234,12 +249,15 @@ def _list(x: Any, n: int | None = None) -> list[Any]:
 
 
 def _meta(x: Any) -> Meta:
-    roles, capability, storage, load, endpoint, version = _list(x, 6)
-    roles = _list(roles)
+    x = _list(x)
+    if len(x) not in (6, 7):
+        raise BadFrame("member metadata has 6 fields, or 7 with an admission token")
+    roles = _list(x[0])
     if len(roles) > ROLES_MAX:
         raise BadFrame(f"at most {ROLES_MAX} roles")
-    return Meta(tuple(_str(r, ROLE_CHARS_MAX) for r in roles), _float(capability), _uint(storage),
-                _float(load), _str(endpoint, ADDR_CHARS_MAX), _str(version, ROLE_CHARS_MAX))
+    admission = _str(x[6], ADMISSION_CHARS_MAX) if len(x) == 7 else ""
+    return Meta(tuple(_str(r, ROLE_CHARS_MAX) for r in roles), _float(x[1]), _uint(x[2]),
+                _float(x[3]), _str(x[4], ADDR_CHARS_MAX), _str(x[5], ROLE_CHARS_MAX), admission)
 
 
 def _update(x: Any) -> Update:

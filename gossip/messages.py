@@ -39,7 +39,12 @@ class EventKind(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Meta:
-    """Member metadata carried in Alive records; placement reads it (DESIGN.md: capabilities ride here)."""
+    """Member metadata carried in Alive records; placement reads it (DESIGN.md: capabilities ride here).
+
+    `admission` is the member's network admission grant (an `mg1.` token, see gossip/admission.py), or
+    "" in a network without admission. It rides here so any member can check any other member's
+    record, including one learned second-hand through gossip or push-pull.
+    """
 
     roles: tuple[str, ...] = ()
     capability: float = 0.0
@@ -47,6 +52,7 @@ class Meta:
     load: float = 0.0
     endpoint: str = ""
     version: str = ""
+    admission: str = ""
 
 
 # --- update records: what gossip disseminates (piggybacked, or in Gossip) ---------------------

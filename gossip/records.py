@@ -14,22 +14,42 @@ from gossip.codec import alive_bytes, meta_bytes
 from gossip.config import GossipConfig
 from gossip.dissemination import Disseminator
 from gossip.members import Member, MemberTable, dead_state, dead_wins, suspect_wins
-from gossip.messages import Alive, Dead, EventKind, PushPull, State, Suspect, Update
+from gossip.messages import (
+    Ack,
+    Alive,
+    Dead,
+    EventKind,
+    Gossip,
+    Message,
+    Meta,
+    Packet,
+    Ping,
+    PushPull,
+    State,
+    Suspect,
+    Update,
+)
 from gossip.suspicion import SuspicionTimer, suspicion_min_s
+
+Admit = Callable[[str, Meta], bool]
+"""admit(node_id, meta): may this member be in the group (network admission)? Built by the shell."""
 
 
 class MemberRecords:
-    """Applies every update about a member, ours included. `event(kind, member)` reports a change, news
-    goes to the broadcast queue; `suspicion_timer(deadline, member)` asks SwimNode to call `suspicion_expired`
-    at `deadline`; `stats` is the node's counter dict."""
+    """Applies every update about a member, ours included. `event(kind, member)` reports a change;
+    news goes to the broadcast queue; `suspicion_timer(deadline, member)` asks SwimNode to call
+    `suspicion_expired` at `deadline`; `stats` is the node's counter dict. With `admit`, records of
+    members it refuses are dropped, and so are packets from senders that are not admitted members
+    (see `sender_admitted`).
+    """
 
     __slots__ = ("id", "config", "_me", "_table", "_diss", "_awareness", "_event", "_stats", "_suspicion_timer",
-                 "_record_bytes_max", "suspicions")
+                 "_record_bytes_max", "_admit", "suspicions")
 
     def __init__(
         self, me: Member, config: GossipConfig, table: MemberTable, diss: Disseminator, awareness: Awareness,
-        event: Callable[[EventKind, Member], None], stats: dict[str, int], suspicion_timer: Callable[[float, str], None],
-        record_bytes_max: int,
+        event: Callable[[EventKind, Member], None], stats: dict[str, int],
+        suspicion_timer: Callable[[float, str], None], record_bytes_max: int, admit: Admit | None = None,
     ) -> None:
         self.id = me.id
         self.config = config
@@ -41,6 +61,7 @@ class MemberRecords:
         self._stats = stats
         self._suspicion_timer = suspicion_timer
         self._record_bytes_max = record_bytes_max
+        self._admit = admit
         self.suspicions: dict[str, SuspicionTimer] = {}
 
     def merge(self, pp: PushPull, now: float) -> None:
@@ -107,6 +128,11 @@ class MemberRecords:
         table = self._table
         m = table.get(a.node)
         if m is not None and a.incarnation <= m.incarnation:
+            return
+        if self._admit is not None and not self._admit(a.node, a.meta):
+            # Also how an expired token ends a membership: the member's next record (a refutation,
+            # a metadata update) is refused, so its suspicion runs out (docs/gossip.md, admission).
+            self._stats["dropped_not_admitted"] += 1
             return
         if m is None:
             size = alive_bytes(a.node, a.addr, meta_bytes(a.meta))
@@ -202,3 +228,30 @@ class MemberRecords:
         if m is not None and m.state is State.SUSPECT:
             self._stats["deaths_declared"] += 1
             self.on_dead(Dead(node, m.incarnation, self.id), now)
+
+    def sender_admitted(self, packet: Packet) -> bool:
+        """With admission on: the sender is a member whose record in our table is admitted now, or the
+        packet carries the sender's own admissible Alive record (a join push-pull, a renewed token)."""
+        admit = self._admit
+        if admit is None:
+            return True
+        src = packet.src_id
+        m = self._table.lookup(src)
+        if m is not None and admit(src, m.meta):
+            return True
+        meta = _own_meta(packet.msg, src)
+        return meta is not None and admit(src, meta)
+
+
+def _own_meta(msg: Message, src: str) -> Meta | None:
+    """The metadata of the sender's own Alive record in `msg`, if it carries one."""
+    if isinstance(msg, PushPull):
+        for s in msg.states:
+            if s.node == src and s.state is State.ALIVE:
+                return s.meta
+        return None
+    if isinstance(msg, (Ping, Ack, Gossip)):
+        for u in msg.updates:
+            if u.node == src and isinstance(u, Alive):
+                return u.meta
+    return None

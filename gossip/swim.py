@@ -12,7 +12,14 @@ from collections.abc import Sequence
 
 from crypto.errors import InvalidArgument
 from gossip.awareness import Awareness
-from gossip.codec import PING_FIXED_BYTES, alive_bytes, check_fields, frame_overhead_bytes, meta_bytes
+from gossip.codec import (
+    PING_FIXED_BYTES,
+    admission_bytes,
+    alive_bytes,
+    check_fields,
+    frame_overhead_bytes,
+    meta_bytes,
+)
 from gossip.config import GossipConfig
 from gossip.dissemination import Disseminator
 from gossip.members import Member, MemberTable
@@ -38,7 +45,7 @@ from gossip.messages import (
     Suspect,
 )
 from gossip.probe import Prober
-from gossip.records import MemberRecords
+from gossip.records import Admit, MemberRecords
 
 _SUSPICION, _RELAY = 0, 1
 _LIVE = (State.ALIVE, State.SUSPECT)
@@ -47,7 +54,8 @@ STAT_NAMES = (
     "dropped_ping_req", "dropped_oversize", "probes", "acks", "nacks", "probe_failures", "ping_reqs_sent",
     "ping_reqs_helped", "suspicions_raised", "refutations", "deaths_declared", "updates_sent",
     "updates_received", "gossip_sent", "push_pulls_sent", "push_pulls_received", "push_pull_truncated",
-    "reconnect_pings", "reconnects", "seed_retries", "corrections_sent",
+    "reconnect_pings", "reconnects", "seed_retries", "corrections_sent", "dropped_not_admitted",
+    "dropped_sender_not_admitted",
 )
 
 
@@ -60,23 +68,29 @@ class SwimNode:
     whole seconds since 2020 when no state survives. The core still refutes any record about itself
     that is newer than its own (it jumps past it), so a too-low start costs one round trip, not a
     stuck member.
+
+    Admission: with `admit`, Alive records and push-pull states of members it refuses are dropped
+    (`dropped_not_admitted`), and so are packets from senders that are not admitted members, unless
+    the packet carries the sender's own admissible Alive record (`dropped_sender_not_admitted`).
+    `admit` is asked again for every new record and packet, so a token that expires stops counting.
     """
 
     def __init__(
         self, node_id: str, addr: str, meta: Meta, config: GossipConfig, rng: Rng, now: float,
-        incarnation: int = 0, network: str = "default",
+        incarnation: int = 0, network: str = "default", admit: Admit | None = None,
     ) -> None:
         self.id = node_id
         self.addr = addr
         self.network = network
         self.config = config
         self._rng = rng
-        self._check_meta(meta)
+        self._admit = admit
         self._frame_budget = config.packet_bytes_max - frame_overhead_bytes(network, addr)
         # The largest record that can travel: one in a Ping, beside the target's id (at most 128 chars).
         self._record_bytes_max = self._frame_budget - PING_FIXED_BYTES - 131
         if self._record_bytes_max < config.meta_bytes_max:
             raise InvalidArgument("GossipConfig.packet_bytes_max is too small for one Alive record")
+        self._check_meta(meta)
         me_bytes = alive_bytes(node_id, addr, meta_bytes(meta))
         self._me = Member(node_id, addr, incarnation, State.ALIVE, meta, now, me_bytes)
         self._table = MemberTable(self._me, rng)
@@ -90,7 +104,7 @@ class SwimNode:
                                   self._frame_budget, self._record_bytes_max)
         self._queue = self._diss.queue  # read on every next_deadline: one attribute, not two
         self._records = MemberRecords(self._me, config, self._table, self._diss, self._awareness, self._event,
-                                      self._stats, self._suspicion_timer, self._record_bytes_max)
+                                      self._stats, self._suspicion_timer, self._record_bytes_max, admit)
         self._prober = Prober(node_id, config, self._table, self._awareness, self._diss, rng, self._send,
                               self._stats, self._relay_timer, self._frame_budget, seq=int(rng.random() * 2**40))
         # Random phases, so nodes started together do not probe and gossip in lockstep.
@@ -105,6 +119,11 @@ class SwimNode:
     @property
     def incarnation(self) -> int:
         return self._me.incarnation
+
+    @property
+    def meta(self) -> Meta:
+        """This member's own current metadata."""
+        return self._me.meta
 
     def join(self, seeds: Sequence[str], now: float) -> list[Effect]:
         """Push-pull with every seed address; unanswered seeds are retried (see `_reconnect`)."""
@@ -144,6 +163,9 @@ class SwimNode:
             return []
         if packet.src_id == self.id:
             st["dropped_from_self"] += 1
+            return []
+        if self._admit is not None and not self._records.sender_admitted(packet):
+            st["dropped_sender_not_admitted"] += 1
             return []
         msg = packet.msg
         if isinstance(msg, Ping):
@@ -251,8 +273,11 @@ class SwimNode:
 
     def _check_meta(self, meta: Meta) -> None:
         check_fields(self.id, self.addr, self.network, meta)
-        if meta_bytes(meta) > self.config.meta_bytes_max:
+        size = meta_bytes(meta)
+        if size - admission_bytes(meta) > self.config.meta_bytes_max:
             raise InvalidArgument(f"member metadata exceeds {self.config.meta_bytes_max} bytes")
+        if alive_bytes(self.id, self.addr, size) > self._record_bytes_max:
+            raise InvalidArgument("this member's record (metadata and admission token) exceeds one gossip frame")
 
     def _push_timer(self, deadline: float, kind: int, key: str | int) -> None:
         self._timer_count += 1

@@ -10,16 +10,18 @@ import functools
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from crypto.errors import MnemonetError
+from crypto.errors import InvalidArgument, MnemonetError
 from crypto.identity import Identity
 
 DEFAULT_KEY = Path(os.environ.get("MNEMONET_KEY", str(Path.home() / ".mnemonet" / "identity.pem")))
@@ -37,6 +39,12 @@ def _hostport(s: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise argparse.ArgumentTypeError("expected HOST:PORT, e.g. 127.0.0.1:7700")
     return host.strip("[]"), int(port)
+
+
+def _public_key_hex(s: str) -> bytes:
+    if not re.fullmatch(r"[0-9a-fA-F]{64}", s):
+        raise argparse.ArgumentTypeError("expected the 64 hex characters of an Ed25519 public key")
+    return bytes.fromhex(s)
 
 
 def _json_arg(s: str) -> Any:
@@ -70,6 +78,17 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--gossip", choices=["lan", "local", "wan", "off"], default="lan",
                    help="gossip timing profile (gossip/config.py); `local` for loopback tests; `off`: no membership")
     n.add_argument("--capability", type=float, default=1.0, help="advertised capability score (placement prefers higher)")
+    n.add_argument("--network-key-pub", type=_public_key_hex, default=None, metavar="HEX",
+                   help="require network admission: members must present a grant signed by this key")
+    n.add_argument("--admission", type=Path, default=None, metavar="FILE",
+                   help="this node's admission token (from `mnemonet admit`)")
+
+    a = sub.add_parser("admit", help="sign a network admission grant for a node; prints the token")
+    a.add_argument("--network-key", type=Path, required=True, metavar="KEYFILE",
+                   help="the network's identity file: its key signs admissions, its public key is --network-key-pub")
+    a.add_argument("--node", required=True, metavar="NODE_ID", help="the node's agent id (32 hex characters)")
+    a.add_argument("--network", default="default", metavar="NAME", help="the gossip network name (node --network)")
+    a.add_argument("--days", type=float, default=30.0, help="validity; renew before it ends")
 
     def client_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--url", default=DEFAULT_URL)
@@ -136,6 +155,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from node.service import Service
 
     identity = Identity.load(args.key)
+    admission = _node_admission(args, identity)
     kw: dict[str, Any] = {"fsync": args.fsync, "embedder": args.embedder}
     if args.frame_bytes_max:
         kw["frame_bytes_max"] = args.frame_bytes_max
@@ -152,7 +172,8 @@ async def _serve(args: argparse.Namespace) -> None:
                 meta = Meta(roles=("storage",), capability=args.capability,
                             storage_bytes=shutil.disk_usage(args.data).free, endpoint=url, version=__version__)
                 service.membership = Membership(identity, url, meta, transport, config=_gossip_profiles()[args.gossip](),
-                                                network=args.network, seeds=args.join, data_dir=args.data)
+                                                network=args.network, seeds=args.join, data_dir=args.data,
+                                                admission_token=admission, network_key=args.network_key_pub)
                 await nursery.start(service.membership.run)
             # One machine-readable line: launchers wait for it instead of polling the port.
             print(f"LISTENING {url} {identity.agent_id}", flush=True)
@@ -162,6 +183,34 @@ async def _serve(args: argparse.Namespace) -> None:
                         await service.membership.leave()
                 nursery.cancel_scope.cancel()
                 break
+
+
+def _node_admission(args: argparse.Namespace, identity: Identity) -> str:
+    """This node's admission token, checked before anything starts (a bad one is a clear error, not a
+    node that silently never joins)."""
+    token = args.admission.read_text().strip() if args.admission else ""
+    if args.network_key_pub is not None:
+        from gossip.admission import AdmissionCheck
+        if not token:
+            raise InvalidArgument("--network-key-pub requires --admission FILE (see mnemonet admit)")
+        AdmissionCheck(args.network_key_pub, args.network).verify(token, identity.agent_id, int(time.time() * 1000))
+    return token
+
+
+def _admit(args: argparse.Namespace) -> str:
+    from gossip.admission import make_admission
+
+    if not re.fullmatch(r"[0-9a-f]{32}", args.node):
+        raise InvalidArgument("--node must be an agent id: 32 lowercase hex characters")
+    if not args.days > 0:
+        raise InvalidArgument("--days must be positive")
+    key = Identity.load(args.network_key)
+    now_ms = int(time.time() * 1000)
+    exp_ms = now_ms + int(args.days * 86_400_000)
+    token = make_admission(key, args.node, args.network, exp_ms=exp_ms, now_ms=now_ms)
+    print(json.dumps({"node": args.node, "network": args.network, "network_key_pub": key.public_key_hex,
+                      "expires_ms": exp_ms}), file=sys.stderr)
+    return token
 
 
 async def _client_cmd(args: argparse.Namespace) -> Any:
@@ -205,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             ident.save(args.out, overwrite=args.force)
             print(json.dumps({"agent_id": ident.agent_id, "key": str(args.out)}))
+            return 0
+        if args.cmd == "admit":
+            print(_admit(args))
             return 0
         if args.cmd == "node":
             logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -7,6 +7,7 @@ Every protocol decision is the core's (gossip/swim.py); this module only moves b
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -20,6 +21,7 @@ import trio
 
 from crypto.errors import MnemonetError
 from crypto.identity import Identity, PublicKeyCache
+from gossip.admission import AdmissionCheck
 from gossip.codec import decode_frame, encode_frame
 from gossip.config import GossipConfig
 from gossip.messages import Effect, MemberEvent, MemberView, Meta, Send, State
@@ -60,13 +62,19 @@ def persist_incarnation(path: Path, incarnation: int) -> None:
 
 class Membership:
     """Runs one SWIM member until cancelled. `members()` is the current view; `subscribe()` streams
-    member events (joined/suspect/alive/dead/left/updated) for placement and clients."""
+    member events (joined/suspect/alive/dead/left/updated) for placement and clients.
+
+    Admission: with `network_key` (the network's raw Ed25519 public key), only members presenting a
+    grant of that key for their id (gossip/admission.py) are admitted, judged by the wall clock;
+    `admission_token` is this node's own grant (checked here: an invalid or expired one raises).
+    Renew it before it expires with `update_admission`.
+    """
 
     def __init__(
         self, identity: Identity, addr: str, meta: Meta, transport: Transport, *,
         config: GossipConfig | None = None, network: str = "default", seeds: Sequence[str] = (),
         data_dir: Path | None = None, rng_seed: int | None = None, wall_clock: Callable[[], float] = time.time,
-        frame_bytes_max: int = 4 * 1024 * 1024,
+        frame_bytes_max: int = 4 * 1024 * 1024, admission_token: str = "", network_key: bytes | None = None,
     ) -> None:
         self.identity = identity
         self.transport = transport
@@ -77,10 +85,21 @@ class Membership:
         self._frame_bytes_max = frame_bytes_max
         self._keys = PublicKeyCache(KEY_CACHE_SIZE)
         self._rng = random.Random(rng_seed)
+        self._wall_clock = wall_clock
+        self.admission: AdmissionCheck | None = None
+        admit = None
+        if network_key is not None:
+            check = self.admission = AdmissionCheck(network_key, network)
+            check.verify(admission_token, identity.agent_id, self._wall_ms())  # refuse to start unadmitted
+
+            def admit(node_id: str, meta: Meta) -> bool:
+                return check.admits(node_id, meta.admission, int(wall_clock() * 1000))
+        if admission_token:
+            meta = dataclasses.replace(meta, admission=admission_token)
         self._incarnation_path = None if data_dir is None else data_dir / INCARNATION_FILE
         self._persisted = boot_incarnation(data_dir, wall_clock())
         self.swim = SwimNode(identity.agent_id, addr, meta, self.config, self._rng, trio.current_time(),
-                             incarnation=self._persisted, network=network)
+                             incarnation=self._persisted, network=network, admit=admit)
         self._rearm = trio.Event()
         self._subscribers: list[trio.MemorySendChannel[MemberEvent]] = []
         self.dropped: Counter[str] = Counter()
@@ -107,13 +126,26 @@ class Membership:
         return recv
 
     def statistics(self) -> dict[str, Any]:
-        return {"swim": self.swim.statistics(), "transport": self.transport.statistics(),
-                "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
-                "incarnation": self.swim.incarnation, "members": len(self.alive())}
+        out = {"swim": self.swim.statistics(), "transport": self.transport.statistics(),
+               "frames_in": self.frames_in, "frames_out": self.frames_out, "dropped": dict(self.dropped),
+               "incarnation": self.swim.incarnation, "members": len(self.alive())}
+        if self.admission is not None:
+            out["admission"] = self.admission.statistics()
+        return out
 
     # ---- control ----
     async def update_meta(self, meta: Meta) -> None:
+        """New metadata; a `meta` without an admission token keeps the current one."""
+        if not meta.admission:
+            meta = dataclasses.replace(meta, admission=self.swim.meta.admission)
         await self._emit(self.swim.update_meta(meta, trio.current_time()))
+
+    async def update_admission(self, token: str) -> None:
+        """Present a renewed admission grant (checked first: an invalid one raises and changes nothing)."""
+        if self.admission is not None:
+            self.admission.verify(token, self.node_id, self._wall_ms())
+        await self._emit(self.swim.update_meta(dataclasses.replace(self.swim.meta, admission=token),
+                                               trio.current_time()))
 
     async def leave(self, linger_s: float | None = None) -> None:
         """Announce a graceful leave, then keep gossiping for `linger_s` (default: three gossip
@@ -135,6 +167,9 @@ class Membership:
         finally:
             for s in self._subscribers:
                 s.close()
+
+    def _wall_ms(self) -> int:
+        return int(self._wall_clock() * 1000)
 
     # ---- loops ----
     async def _receive_loop(self) -> None:

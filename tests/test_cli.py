@@ -7,6 +7,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import trio
@@ -67,6 +68,28 @@ async def test_client_verbs_against_a_node(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_admit_prints_a_grant_the_network_key_admits(tmp_path: Path) -> None:
+    from gossip.admission import AdmissionCheck
+
+    cli("keygen", "--out", str(tmp_path / "network.pem"))
+    node = json.loads(cli("keygen", "--out", str(tmp_path / "node.pem")).stdout)["agent_id"]
+    r = cli("admit", "--network-key", str(tmp_path / "network.pem"), "--node", node, "--network", "prod",
+            "--days", "2")
+    token = r.stdout.strip()
+    info = json.loads(r.stderr)
+    check = AdmissionCheck(bytes.fromhex(info["network_key_pub"]), "prod")
+    now_ms = int(time.time() * 1000)
+    grant = check.verify(token, node, now_ms)
+    assert grant.exp_ms == info["expires_ms"] and 1.9 * 86_400_000 < grant.exp_ms - now_ms <= 2 * 86_400_000
+    assert not check.admits(node, token, grant.exp_ms)  # it ends when the days are up
+    bad = cli("admit", "--network-key", str(tmp_path / "network.pem"), "--node", "not-an-id", check=False)
+    assert bad.returncode == 1 and "invalid_argument" in bad.stderr
+    # A node that requires admission refuses to start without its token, before it listens.
+    refused = cli("node", "--data", str(tmp_path / "data"), "--key", str(tmp_path / "node.pem"), "--listen",
+                  "127.0.0.1:0", "--network", "prod", "--network-key-pub", info["network_key_pub"], check=False)
+    assert refused.returncode == 1 and "--admission" in refused.stderr
 
 
 def test_testnet_launch_three(tmp_path: Path) -> None:

@@ -43,6 +43,7 @@ metas = st.builds(
     Meta, roles=st.lists(st.text(max_size=20), max_size=4).map(tuple),
     capability=st.floats(allow_nan=False, allow_infinity=False), storage_bytes=st.integers(0, 2**63 - 1),
     load=st.floats(allow_nan=False, allow_infinity=False), endpoint=addrs, version=st.text(max_size=20),
+    admission=st.one_of(st.just(""), st.text(max_size=500)),
 )
 updates = st.one_of(
     st.builds(Alive, ids, incs, addrs, metas), st.builds(Suspect, ids, incs, ids), st.builds(Dead, ids, incs, ids),
@@ -128,3 +129,21 @@ def test_wire_form_is_compact_arrays() -> None:
     assert len(msgpack.packb(message_obj(Ping(1, "a" * 32)))) < 40
     frame = encode_frame(KEY, "n", "a", Nack(1))
     assert KEY.public_key in frame and GOSSIP_DOMAIN not in frame
+
+
+def test_metadata_without_an_admission_token_keeps_its_six_field_form() -> None:
+    """Networks without admission send exactly what they sent before the field existed."""
+    alive = message_obj(Gossip((Alive("a", 1, "x", Meta(version="1")),)))
+    assert alive == [4, [[0, "a", 1, "x", [[], 0.0, 0, 0.0, "", "1"]]]]
+    with_token = message_obj(Gossip((Alive("a", 1, "x", Meta(admission="mg1.t")),)))
+    assert with_token[1][0][4][6] == "mg1.t"
+    assert message_from_obj(with_token) == Gossip((Alive("a", 1, "x", Meta(admission="mg1.t")),))
+
+
+@pytest.mark.parametrize("meta", [
+    [[], 0.0, 0, 0.0, "", "", 5], [[], 0.0, 0, 0.0, "", "", "t" * 1025], [[], 0.0, 0, 0.0, "", "", "t", "extra"],
+])
+def test_a_malformed_admission_field_is_a_bad_frame(meta: list[object]) -> None:
+    with pytest.raises(BadFrame):
+        message_from_obj([4, [[0, "a", 1, "x", meta]]])
+

@@ -1,6 +1,6 @@
 """Issue 3 on real sockets: five `mnemonet node` processes on loopback join through one seed over
-websockets, converge, and all detect a SIGKILLed member; the test stops only the processes it
-started, by pid."""
+websockets, converge, and all detect a SIGKILLed member; a network that requires admission keeps out
+a process without its own grant. The tests stop only the processes they started, by pid."""
 
 from __future__ import annotations
 
@@ -9,22 +9,25 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Awaitable, Callable
+import time
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 import trio
 
 from crypto.identity import Identity
+from gossip.admission import make_admission
 from node.client import MemoryClient
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def start(tmp: Path, name: str, network: str, join: list[str]) -> tuple[trio.Process, str, str]:
+async def start(tmp: Path, name: str, network: str, join: list[str], identity: Identity | None = None,
+                extra: Sequence[str] = ()) -> tuple[trio.Process, str, str]:
     key = tmp / f"{name}.pem"
-    Identity.generate().save(key)
+    (identity or Identity.generate()).save(key)
     argv = [sys.executable, "-m", "node.cli", "node", "--listen", "127.0.0.1:0", "--data", str(tmp / name),
-            "--key", str(key), "--gossip", "local", "--network", network, "--log-level", "WARNING"]
+            "--key", str(key), "--gossip", "local", "--network", network, "--log-level", "WARNING", *extra]
     for url in join:
         argv += ["--join", url]
     proc = await trio.lowlevel.open_process(argv, cwd=ROOT, stdout=subprocess.PIPE,
@@ -101,3 +104,50 @@ async def test_five_processes_converge_and_detect_a_sigkill(tmp_path: Path) -> N
             if p.returncode is None:
                 p.kill()
                 await p.wait()
+
+
+async def test_admission_keeps_a_process_without_its_own_grant_out(tmp_path: Path) -> None:
+    network = f"adm-{os.getpid()}"
+    network_key = Identity.generate()
+    now_ms = int(time.time() * 1000)
+
+    def grant(ident: Identity) -> list[str]:
+        path = tmp_path / f"{ident.agent_id}.token"
+        path.write_text(make_admission(network_key, ident.agent_id, network, exp_ms=now_ms + 3_600_000,
+                                       now_ms=now_ms) + "\n")
+        return ["--admission", str(path), "--network-key-pub", network_key.public_key_hex]
+
+    a, b = Identity.generate(), Identity.generate()
+    procs: list[trio.Process] = []
+    try:
+        first = await start(tmp_path, "a", network, [], a, grant(a))
+        procs.append(first[0])
+        second = await start(tmp_path, "b", network, [first[1]], b, grant(b))
+        procs.append(second[0])
+        # The intruder shows b's grant (it cannot sign as b) and checks nobody.
+        stolen = grant(b)[:2]
+        intruder = await start(tmp_path, "x", network, [first[1]], extra=stolen)
+        procs.append(intruder[0])
+        async with contextlib.AsyncExitStack() as stack:
+            me = Identity.generate()
+            clients = [await stack.enter_async_context(MemoryClient(url, me, timeout_s=10))
+                       for url in (first[1], second[1])]
+
+            async def both_see_both() -> bool:
+                views = [{m["id"]: m["state"] for m in await c.members()} for c in clients]
+                return all({k for k, s in v.items() if s == "alive"} == {a.agent_id, b.agent_id} for v in views)
+
+            await eventually(both_see_both, 30, "the two admitted nodes see each other")
+
+            async def refused_twice() -> bool:  # the intruder's join, then at least one of its retries
+                return (await clients[0].stats())["gossip"]["swim"]["dropped_sender_not_admitted"] >= 2
+
+            await eventually(refused_twice, 30, "the seed refuses the intruder's join push-pulls")
+            for c in clients:
+                assert intruder[2] not in {m["id"] for m in await c.members()}
+    finally:
+        for p in procs:
+            if p.returncode is None:
+                p.kill()
+                await p.wait()
+

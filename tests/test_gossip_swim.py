@@ -435,7 +435,8 @@ def test_every_frame_a_node_sends_stays_under_the_size_limit(members: int, meta_
     cfg = GossipConfig.sim().replace(packet_bytes_max=1024, push_pull_bytes_max=16 * 1024)
     rng = random.Random(seed)
     node = SwimNode(KEY.agent_id, "ws://127.0.0.1:7001", META, cfg, rng, 0.0, network="net")
-    metas = [Meta(roles=("r" * rng.randrange(10),), endpoint="e" * rng.randrange(meta_chars + 1)) for _ in range(4)]
+    metas = [Meta(roles=("r" * rng.randrange(10),), endpoint="e" * rng.randrange(meta_chars + 1),
+                  admission="t" * rng.choice((0, 0, rng.randrange(500)))) for _ in range(4)]
     records = tuple(Alive(f"{i:032x}", rng.randrange(1000), f"ws://10.0.{i // 250}.{i % 250}:7001",
                           metas[i % 4]) for i in range(members))
     out: list[Effect] = []
