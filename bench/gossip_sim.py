@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
 from gossip.config import GossipConfig  # noqa: E402
 from gossip.messages import EventKind  # noqa: E402
 from gossip.suspicion import suspicion_min_s  # noqa: E402
-from testnet.sim import new_sim, start_cluster  # noqa: E402
+from testnet.sim import ByteCounter, new_sim, start_cluster  # noqa: E402
 
 WINDOW_S = 60.0
 JOIN_AT_S = 5.0
@@ -43,7 +43,7 @@ def main_run(seed: int, n: int) -> dict[str, Any]:
     sim = new_sim(seed)
     converge_s = start_cluster(sim, n, timeout_s=300.0)
     wall_start, cpu_start = time.perf_counter() - wall0, time.process_time() - cpu0
-    sim.count_bytes = True
+    sim.message_bytes = ByteCounter(sim.network).size
     t0, before = sim.now, dict(sim.stats)
     window: dict[str, int] = {}
     sim.at(t0 + WINDOW_S, lambda: window.update(sim.stats))

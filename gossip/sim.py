@@ -11,36 +11,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from gossip.codec import (
-    ACK_FIXED_BYTES,
-    GOSSIP_FIXED_BYTES,
-    PING_FIXED_BYTES,
-    PUSHPULL_FIXED_BYTES,
-    alive_bytes,
-    frame_overhead_bytes,
-    message_bytes,
-    meta_bytes,
-    str_bytes,
-    update_bytes,
-)
 from gossip.config import GossipConfig
-from gossip.messages import (
-    Ack,
-    Alive,
-    Effect,
-    EventKind,
-    Gossip,
-    MemberEvent,
-    Message,
-    Meta,
-    Packet,
-    Ping,
-    PushPull,
-    Rng,
-    Send,
-    Suspect,
-    Update,
-)
+from gossip.messages import Effect, EventKind, MemberEvent, Message, Meta, Packet, Rng, Send
 from gossip.swim import SwimNode
 
 
@@ -168,7 +140,7 @@ class Simulation:
 
     def __init__(self, seed: int, rng_factory: RngFactory, config: GossipConfig | None = None, *,
                  latency: Latency = LAN_LATENCY, drop_rate: float = 0.0, network: str = "default",
-                 inbox_max: int = 10_000, trace: bool = False, count_bytes: bool = False) -> None:
+                 inbox_max: int = 10_000, trace: bool = False) -> None:
         self.seed = seed
         self.config = config or GossipConfig.sim()
         self.faults = LinkFaults(drop_rate, latency)
@@ -185,10 +157,9 @@ class Simulation:
         self._views: dict[str, set[str]] = {}
         self._last_incarnation: dict[str, int] = {}  # what a real node would persist across restarts
         self._trace = hashlib.blake2b(digest_size=16) if trace else None
-        self.count_bytes = count_bytes
-        """Add each message's encoded size bound (as codec.message_bytes, plus the frame) to
-        stats["bytes_sent"]. Sizes of shared records are cached, but it still costs ~10% more CPU."""
-        self._sizes = _SizeCache()
+        self.message_bytes: Callable[[str, Message], int] | None = None
+        """If set, (sender addr, message) -> its encoded size, summed into stats["bytes_sent"]. Off by
+        default: at N=1000 it costs ~10% more CPU, so switch it on for the window you measure."""
         self.stats: dict[str, int] = dict.fromkeys((
             "sent", "delivered", "bytes_sent", "dropped_random", "dropped_partition", "dropped_unreachable",
             "dropped_inbox_full", "ticks", "events", "false_suspicion_events", "false_death_events"), 0)
@@ -404,8 +375,8 @@ class Simulation:
         msg = e.msg
         name = type(msg).__name__
         self.sent_by_type[name] = self.sent_by_type.get(name, 0) + 1
-        if self.count_bytes:
-            st["bytes_sent"] += self._sizes.message(msg) + self._sizes.frame(self.network, node.addr)
+        if self.message_bytes is not None:
+            st["bytes_sent"] += self.message_bytes(node.addr, msg)
         faults = self.faults
         if faults.partitioned and faults.blocked(node.addr, e.to_addr):
             st["dropped_partition"] += 1
@@ -463,58 +434,3 @@ class Simulation:
             st["false_death_events"] += 1
             self.false_deaths.add((m.id, m.incarnation))
 
-
-class _SizeCache:
-    """codec's size bounds, memoised per string and per metadata object: ids, addresses and metadata
-    repeat in nearly every message, so a message costs a few dict lookups (tests compare the totals
-    with codec.message_bytes)."""
-
-    _LIMIT = 1_000_000  # entries per table before it starts over: a bound, not a tuning knob
-
-    def __init__(self) -> None:
-        self._strs: dict[str, int] = {}
-        self._metas: dict[int, tuple[Meta, int]] = {}  # id(meta) -> (meta, size); holding it pins the id
-        # A record's bytes besides its strings and metadata, taken from the codec itself.
-        self._alive_fixed = alive_bytes("", "", 0) - 2 * str_bytes("")
-        self._other_fixed = update_bytes(Suspect("", 0, "")) - 2 * str_bytes("")
-
-    def frame(self, network: str, src_addr: str) -> int:
-        return frame_overhead_bytes(network, "") - str_bytes("") + self._str(src_addr)
-
-    def message(self, msg: Message) -> int:
-        if type(msg) is Gossip:
-            return GOSSIP_FIXED_BYTES + self._updates(msg.updates)
-        if type(msg) is Ping:
-            return PING_FIXED_BYTES + self._str(msg.target) + self._updates(msg.updates)
-        if type(msg) is Ack:
-            return ACK_FIXED_BYTES + self._updates(msg.updates)
-        if type(msg) is PushPull:
-            fixed, s_, meta = self._alive_fixed, self._str, self._meta
-            return PUSHPULL_FIXED_BYTES + sum(fixed + s_(s.node) + s_(s.addr) + meta(s.meta) for s in msg.states)
-        return message_bytes(msg)
-
-    def _updates(self, updates: tuple[Update, ...]) -> int:
-        s_ = self._str
-        total = 0
-        for u in updates:
-            if type(u) is Alive:
-                total += self._alive_fixed + s_(u.node) + s_(u.addr) + self._meta(u.meta)
-            else:
-                total += self._other_fixed + s_(u.node) + s_(u.by)  # type: ignore[union-attr]
-        return total
-
-    def _str(self, s: str) -> int:
-        size = self._strs.get(s)
-        if size is None:
-            if len(self._strs) >= self._LIMIT:
-                self._strs.clear()
-            size = self._strs[s] = str_bytes(s)
-        return size
-
-    def _meta(self, m: Meta) -> int:
-        hit = self._metas.get(id(m))
-        if hit is None or hit[0] is not m:
-            if len(self._metas) >= self._LIMIT:
-                self._metas.clear()
-            hit = self._metas[id(m)] = (m, meta_bytes(m))
-        return hit[1]
