@@ -50,6 +50,9 @@ class HintQueue:
         self._queues: dict[str, OrderedDict[ItemId, Hint]] = {}
         self._by_id: dict[int, Hint] = {}
         self._in_flight: dict[str, dict[int, float]] = {}  # owner -> hint id -> when last sent
+        # Owners with hints added since the last `due`: due at once (the owner may well be up: a
+        # stand-in is also used for an owner that was merely slow), not at the next view change.
+        self._fresh: dict[str, float] = {}
         self.stats: dict[str, int] = dict.fromkeys(
             ("stored", "merged", "delivered", "expired", "overflow", "sends", "refused"), 0)
 
@@ -60,6 +63,7 @@ class HintQueue:
         self._queues.clear()
         self._by_id.clear()
         self._in_flight.clear()
+        self._fresh.clear()
         self._next_id = max(1, next_id)
         for h in sorted(hints, key=lambda h: (h.created, h.hint_id)):
             self._queues.setdefault(h.owner, OrderedDict())[(h.record.kind, h.record.key)] = h
@@ -95,6 +99,7 @@ class HintQueue:
         self._next_id += 1
         queue[item] = hint  # a merged hint keeps its place: queues stay ordered by created
         self._by_id[hint.hint_id] = hint
+        self._fresh.setdefault(owner, now)
         self.stats["stored"] += 1
         out.append(HintStored(hint))
         while len(queue) > self.per_owner_max:
@@ -108,6 +113,7 @@ class HintQueue:
         """Drop expired hints; send hints to owners in `alive` (up to the in-flight bound, again after
         `retry_s` without an ack). Call at `next_deadline()` and whenever the liveness view changes."""
         out = self._expire(now)
+        self._fresh.clear()
         for owner in self._queues:
             if owner in alive:
                 self._fill(owner, now, out)
@@ -131,10 +137,11 @@ class HintQueue:
         return out
 
     def next_deadline(self) -> float | None:
-        """The next expiry or delivery retry; None with no hints. (Owners coming back alive are a
-        view change, not a deadline: call `due` then.)"""
+        """The next expiry, delivery retry or first delivery attempt of new hints; None with no
+        hints. (Owners coming back alive are a view change, not a deadline: call `due` then.)"""
         times = [next(iter(q.values())).created + self.ttl_s for q in self._queues.values() if q]
         times += [t + self.retry_s for sent in self._in_flight.values() for t in sent.values()]
+        times += self._fresh.values()
         return min(times) if times else None
 
     # ---- inspection ----

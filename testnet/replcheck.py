@@ -197,14 +197,22 @@ def quiesce(sim: ReplSim, history: History, timeout_s: float = 120.0) -> None:
     sim.heal()
     for nid in sim.ids:
         sim.restart(nid)
+        sim.fail_storage(nid, False)
     sim.faults.drop_rate = 0.0
     sim.run_for(sim.detect_delay_s + 0.01)
     assert sim.run_until_true(sim.idle, timeout_s), f"hints not delivered in {timeout_s}s: {sim.hints_pending()}"
+    items = sorted(history.items, key=repr)
+    # Faults stopped and hints ran: every acknowledged write is back in every quorum read (sloppy too).
+    reads = [(kind, key, sim.read(sim.ids[i % len(sim.ids)], kind, key, Consistency.QUORUM))
+             for i, (kind, key) in enumerate(items)]
+    for (kind, key, _), done in zip(reads, sim.wait(r for _, _, r in reads), strict=True):
+        assert done is not None and done.ok, f"quorum read failed with every node up: {done}"
+        history.check_read(kind, key, done, must_see_acked=True)
+    sim.run_until_true(sim.idle, timeout_s)
     if sim.anti_entropy:
         sim.run_until_true(lambda: not sim.diverged_partitions(), timeout_s, check_every_s=1.0)
     else:
-        reqs = [sim.read(sim.ids[i % len(sim.ids)], kind, key, Consistency.ALL)
-                for i, (kind, key) in enumerate(sorted(history.items, key=repr))]
+        reqs = [sim.read(sim.ids[i % len(sim.ids)], kind, key, Consistency.ALL) for i, (kind, key) in enumerate(items)]
         sim.wait(reqs)
         sim.run_until_true(sim.idle, timeout_s)
     history.check_converged()
@@ -243,6 +251,8 @@ def run_random(seed: int, steps: int = 200, *, sloppy: bool = False, n_nodes: in
                 sim.crash(rng.choice(sim.ids))
             elif down:
                 sim.restart(rng.choice(down))
+        elif op < 0.89:
+            sim.fail_storage(rng.choice(sim.ids), rng.random() < 0.5)
         elif op < 0.92:
             sim.partition(rng.sample(sim.ids, rng.randint(1, 2))) if rng.random() < 0.6 else sim.heal()
         else:

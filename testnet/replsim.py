@@ -53,12 +53,14 @@ class SimReplica:
         self.hint_rows: dict[int, Hint] = {}  # the persisted hints table
         self.hint_seq = 0  # SQLite AUTOINCREMENT's sqlite_sequence
         self.running = False
+        self.storage_ok = True  # False: every store read or write fails (disk full, I/O error)
         self.boot = 0
         self.coord: Coordinator | None = None
         self.hints: HintQueue | None = None
         self.ae: Any = None  # ring.antientropy.AntiEntropy when the simulation runs anti-entropy
         self.alive: frozenset[str] = frozenset()
         self.tick_at = math.inf
+        self.ticked_at = -math.inf
 
 
 class ReplSim:
@@ -91,9 +93,12 @@ class ReplSim:
         self.results: dict[int, tuple[float, Done]] = {}
         self._trace = hashlib.blake2b(digest_size=16)
         self.stats: dict[str, int] = dict.fromkeys(
-            ("sent", "delivered", "dropped_random", "dropped_partition", "dropped_down", "duplicated", "events"), 0)
+            ("sent", "delivered", "dropped_random", "dropped_partition", "dropped_down", "duplicated", "events",
+             "spins"), 0)
         for node in self.nodes.values():
             self._boot(node)
+        for node in self.nodes.values():  # the cluster starts formed: every view complete
+            self._set_view(node)
 
     # --- clients ---------------------------------------------------------------------------------
 
@@ -148,6 +153,12 @@ class ReplSim:
         self._trace_line("restart", node_id)
         self._boot(node)
         self._views_changed()
+
+    def fail_storage(self, node_id: str, failing: bool = True) -> None:
+        """The node keeps running but its store refuses reads and writes (as SQLite on a full or
+        failing disk): it answers ok=False, so coordinators see explicit failures, not silence."""
+        self.nodes[node_id].storage_ok = not failing
+        self._trace_line("storage", f"{node_id} {'failing' if failing else 'ok'}")
 
     def partition(self, side: Iterable[str]) -> None:
         """Two-way partition between `side` and every other node (replacing any earlier one)."""
@@ -239,6 +250,9 @@ class ReplSim:
     def _serve(self, node: SimReplica, src: str, msg: Any) -> list[Any]:
         """A message arrived at a running node: the replica side, or one of the cores."""
         assert node.coord is not None and node.hints is not None
+        if isinstance(msg, PutRecord | GetRecord) and not node.storage_ok:
+            return [Send(src, PutAck(msg.req, False, "unavailable") if isinstance(msg, PutRecord)
+                         else GetReply(msg.req, None, False, "unavailable"))]
         if isinstance(msg, PutRecord):
             if msg.hint_for is None or msg.hint_for == node.id:
                 node.store.apply(msg.record)
@@ -274,6 +288,7 @@ class ReplSim:
 
     def _tick(self, node: SimReplica) -> None:
         assert node.coord is not None and node.hints is not None
+        node.ticked_at = self.now
         out = [*node.coord.tick(self.now), *node.hints.due(node.alive, self.now)]
         if node.ae is not None:
             out += node.ae.tick(self.now)
@@ -286,6 +301,12 @@ class ReplSim:
         if node.ae is not None:
             times.append(node.ae.next_deadline())
         at = max(min(times, default=math.inf), self.now)
+        if at <= node.ticked_at:
+            # A core asked to be ticked again at the instant it was just ticked (a deadline compared
+            # one way in next_deadline and another in tick, off by float rounding): step one ulp so the
+            # run cannot spin in place. Counted: a real shell would busy-loop here.
+            at = math.nextafter(node.ticked_at, math.inf)
+            self.stats["spins"] += 1
         if at < node.tick_at or node.tick_at < self.now:
             node.tick_at = at
             self._push(at, _TICK, node, node.boot)

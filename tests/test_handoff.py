@@ -72,6 +72,8 @@ def test_hints_expire_after_the_ttl_and_next_deadline_says_when() -> None:
     q = queue(hint_ttl_s=100.0)
     q.add("b", reg("k1", 1, 1), 0.0)
     q.add("b", reg("k2", 1, 1), 50.0)
+    assert q.next_deadline() == 0.0  # new hints: try the owner at once
+    assert q.due(frozenset(), 50.0) == []  # it is down: wait for the view to change
     assert q.next_deadline() == 100.0
     assert q.due(frozenset(), 99.0) == []
     assert q.due(frozenset(), 100.0) == [HintDropped(1, "b", "expired")]
@@ -98,6 +100,16 @@ def test_delivery_to_a_returning_owner_with_back_pressure_retries_and_acks() -> 
     assert retry == [Send("b", PutRecord(2, reg("k1", 1, 1), None))]
     q.due(frozenset(), 2.1)  # owner down again: its deliveries are forgotten, no retry timer
     assert q.statistics()["in_flight"] == 0
+
+
+def test_a_hint_for_an_owner_believed_up_is_delivered_without_a_view_change() -> None:
+    # Found by the stateful test: a coordinator also uses a stand-in for an owner that was merely
+    # silent, so the stand-in may see that owner alive all along; its hint waited for the TTL.
+    q = queue()
+    q.add("b", reg("k1", 1, 1), 5.0)
+    assert q.next_deadline() == 5.0
+    assert q.due(frozenset({"b"}), 5.0) == [Send("b", PutRecord(1, reg("k1", 1, 1), None))]
+    assert q.next_deadline() == 6.0  # the retry
 
 
 def test_an_ack_for_merged_away_content_does_not_drop_the_newer_hint() -> None:
