@@ -60,7 +60,6 @@ class SimReplica:
         self.ae: Any = None  # ring.antientropy.AntiEntropy when the simulation runs anti-entropy
         self.alive: frozenset[str] = frozenset()
         self.tick_at = math.inf
-        self.ticked_at = -math.inf
 
 
 class ReplSim:
@@ -270,7 +269,7 @@ class ReplSim:
             return list(node.ae.handle(src, msg, self.now))
         return []
 
-    def _effects(self, node: SimReplica, effects: Iterable[Any]) -> None:
+    def _effects(self, node: SimReplica, effects: Iterable[Any], *, after_tick: bool = False) -> None:
         for e in effects:
             if isinstance(e, Send):
                 self._send(node, e.to, e.msg)
@@ -284,28 +283,27 @@ class ReplSim:
             elif isinstance(e, ApplyRecords):
                 for r in e.records:
                     node.store.apply(r)
-        self._arm(node)
+        self._arm(node, after_tick)
 
     def _tick(self, node: SimReplica) -> None:
         assert node.coord is not None and node.hints is not None
-        node.ticked_at = self.now
         out = [*node.coord.tick(self.now), *node.hints.due(node.alive, self.now)]
         if node.ae is not None:
             out += node.ae.tick(self.now)
-        self._effects(node, out)
+        self._effects(node, out, after_tick=True)
 
-    def _arm(self, node: SimReplica) -> None:
+    def _arm(self, node: SimReplica, after_tick: bool = False) -> None:
         if not node.running or node.coord is None or node.hints is None:
             return
         times = [t for t in (node.coord.next_deadline(), node.hints.next_deadline()) if t is not None]
         if node.ae is not None:
             times.append(node.ae.next_deadline())
         at = max(min(times, default=math.inf), self.now)
-        if at <= node.ticked_at:
-            # A core asked to be ticked again at the instant it was just ticked (a deadline compared
-            # one way in next_deadline and another in tick, off by float rounding): step one ulp so the
-            # run cannot spin in place. Counted: a real shell would busy-loop here.
-            at = math.nextafter(node.ticked_at, math.inf)
+        if after_tick and at <= self.now:
+            # A core asks to be ticked again at the instant it was just ticked with nothing new (a
+            # deadline compared one way in next_deadline and another in tick, off by float rounding):
+            # step one ulp so the run cannot spin in place. Counted: a real shell would busy-loop.
+            at = math.nextafter(self.now, math.inf)
             self.stats["spins"] += 1
         if at < node.tick_at or node.tick_at < self.now:
             node.tick_at = at
