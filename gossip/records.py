@@ -44,7 +44,7 @@ class MemberRecords:
     """
 
     __slots__ = ("id", "config", "_me", "_table", "_diss", "_awareness", "_event", "_stats", "_suspicion_timer",
-                 "_record_bytes_max", "_admit", "suspicions")
+                 "_record_bytes_max", "_admit", "_queue", "suspicions")
 
     def __init__(
         self, me: Member, config: GossipConfig, table: MemberTable, diss: Disseminator, awareness: Awareness,
@@ -56,6 +56,7 @@ class MemberRecords:
         self._me = me
         self._table = table
         self._diss = diss
+        self._queue = diss.queue
         self._awareness = awareness
         self._event = event
         self._stats = stats
@@ -158,7 +159,10 @@ class MemberRecords:
                 self._event(EventKind.ALIVE if old is State.SUSPECT else EventKind.JOINED, m)
             elif changed:
                 self._event(EventKind.UPDATED, m)
-        self._diss.enqueue_alive(a, m.record_bytes, news)
+        if news:
+            self._queue.push(a, m.record_bytes)  # the common case, without a call through dissemination
+        else:
+            self._diss.enqueue_alive(a, m.record_bytes, news)
 
     def on_suspect(self, s: Suspect, now: float) -> None:
         if s.node == self.id:
