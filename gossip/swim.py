@@ -83,7 +83,6 @@ class SwimNode:
         self.addr = addr
         self.network = network
         self.config = config
-        self._rng = rng
         self._admit = admit
         self._frame_budget = config.packet_bytes_max - frame_overhead_bytes(network, addr)
         # The largest record that can travel: one in a Ping, beside the target's id (at most 128 chars).
