@@ -122,8 +122,12 @@ class Prober:
                 self._send(h.addr, PingReq(p.seq, m.id, m.addr, nack=cfg.lifeguard))
             self._stats["ping_reqs_sent"] += len(helpers)
             p.expected_nacks = len(helpers) if cfg.lifeguard else 0
-            # Measured from when this phase really starts: after a pause, helpers still get their time.
-            p.deadline = max(p.started_at + scale(cfg.probe_interval_s), now + scale(cfg.probe_timeout_s))
+            # Lifeguard (local health): measured from when this phase really starts, so after a pause
+            # of our own the helpers still get their time and we do not accuse a peer for our lateness.
+            # Plain SWIM ends the probe at the end of its period, however late we got here.
+            p.deadline = p.started_at + scale(cfg.probe_interval_s)
+            if cfg.lifeguard:
+                p.deadline = max(p.deadline, now + scale(cfg.probe_timeout_s))
             return None
         self.probe = None
         self._stats["probe_failures"] += 1

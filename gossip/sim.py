@@ -15,6 +15,7 @@ from gossip.config import GossipConfig
 from gossip.messages import Effect, EventKind, MemberEvent, Message, Meta, Packet, Rng, Send
 from gossip.swim import SwimNode
 
+_OVERDUE_TICKS_MAX = 16  # resume(timers_first): ticks at one instant before packets are read
 
 class UniformRng(Protocol):
     """The one method fault decisions need; `random.Random` satisfies it."""
@@ -218,14 +219,23 @@ class Simulation:
         """The process stops running (SIGSTOP): packets wait in its inbox, its timers do not fire."""
         self.nodes[node_id].paused = True
 
-    def resume(self, node_id: str) -> None:
-        """Everything late: the buffered packets first, in arrival order, then the overdue timers."""
+    def resume(self, node_id: str, *, timers_first: bool = False) -> None:
+        """Everything late: the buffered packets in arrival order and the overdue timers. A woken
+        process has both ready at once and its scheduler picks the order; `timers_first` takes the
+        order that tempts a node to blame peers for its own pause (its probe looks unanswered)."""
         node = self.nodes[node_id]
         if not node.paused:
             return
         node.paused = False
         if node.swim is None:
             return
+        if timers_first:  # every overdue timer, until none is left, before any packet
+            for _ in range(_OVERDUE_TICKS_MAX):
+                self._apply(node, node.swim.tick(self.now))
+                if node.swim is None or node.swim.next_deadline() > self.now:
+                    break
+            if node.swim is None:
+                return
         inbox, node.inbox = node.inbox, []
         for packet in inbox:
             if node.swim is not None and not node.paused:

@@ -120,6 +120,12 @@ class SwimNode:
         return self._me.incarnation
 
     @property
+    def probing(self) -> str | None:
+        """The member our probe in flight is waiting on (None between probes)."""
+        p = self._prober.probe
+        return None if p is None else p.target
+
+    @property
     def meta(self) -> Meta:
         """This member's own current metadata."""
         return self._me.meta

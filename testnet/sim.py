@@ -144,9 +144,15 @@ def scenario_pause(seed: int, n: int, pause_s: float = 5.0, lifeguard: bool = Tr
     start_cluster(sim, n)
     sim.run_for(5.0)
     victim = f"n{random.Random(seed).randrange(1, n)}"
+    swim = sim.nodes[victim].swim
+    assert swim is not None
+    # Stop it while its own probe is in flight (a probe waits ~1 ms of a 1 s period, so a pause at a
+    # random instant almost never does): on waking, the unanswered probe tempts it to accuse a healthy
+    # peer — the case Lifeguard's local health awareness exists for.
+    sim.run_until_true(lambda: swim.probing is not None, 5.0, check_every_s=0.0005)
     sim.pause(victim)
     sim.run_for(pause_s)
-    sim.resume(victim)
+    sim.resume(victim, timers_first=True)
     refuted_s = sim.run_until_true(lambda: sim.suspected_by(victim) == 0 and sim.converged(), 60.0,
                                    check_every_s=0.01)
     sim.run_for(30.0)

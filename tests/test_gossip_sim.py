@@ -78,11 +78,10 @@ PAUSE_SEEDS = (1, 2, 3, 4, 5)
 
 
 def test_paused_member_is_suspected_then_refuted_not_killed() -> None:
-    """A member SIGSTOPped for 5 s: suspected (unless no one happened to probe it in time), refuted
-    soon after it wakes, never declared dead, with Lifeguard on. False suspicions with Lifeguard on
-    are at most those with it off: a single pause gives both the same count (only the paused member is
-    suspected; the core restarts its own overdue indirect probe on waking, so it accuses no one), so
-    the strict comparison is made on a continuously slow member below."""
+    """A member SIGSTOPped for 5 s while its own probe is in flight, woken with its overdue timers
+    handled before its backlog: suspected, refuted soon after it wakes, never declared dead, with
+    Lifeguard on; and fewer false suspicions than with Lifeguard off, where on waking it blames the
+    healthy peer it was probing for its own pause (local health awareness is what prevents that)."""
     on_total = off_total = suspected = 0
     for seed in PAUSE_SEEDS:
         with reproducible("pause", seed, n=30, lifeguard=1):
@@ -93,10 +92,11 @@ def test_paused_member_is_suspected_then_refuted_not_killed() -> None:
             suspected += on["suspected"]
         with reproducible("pause", seed, n=30, lifeguard=0):
             off = scenario_pause(seed, 30, pause_s=5.0, lifeguard=False)
+            assert off["false_deaths"] == 0, off
         on_total += on["false_suspicions"]
         off_total += off["false_suspicions"]
     assert suspected >= len(PAUSE_SEEDS) - 1
-    assert on_total <= off_total
+    assert on_total < off_total, (on_total, off_total)
 
 
 @pytest.mark.parametrize("seed", SEEDS)
