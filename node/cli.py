@@ -6,6 +6,7 @@ Argument parsing and printing only; everything real lives in crypto/, node/servi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -171,9 +172,14 @@ async def _serve(args: argparse.Namespace) -> None:
                 transport.local_addr = url
                 meta = Meta(roles=("storage",), capability=args.capability,
                             storage_bytes=shutil.disk_usage(args.data).free, endpoint=url, version=__version__)
-                service.membership = Membership(identity, url, meta, transport, config=_gossip_profiles()[args.gossip](),
+                # A push-pull larger than the transport carries would be dropped whole: cap it there.
+                gossip_config = _gossip_profiles()[args.gossip]()
+                gossip_config = dataclasses.replace(gossip_config, push_pull_bytes_max=min(
+                    gossip_config.push_pull_bytes_max, transport.config.frame_bytes_max))
+                service.membership = Membership(identity, url, meta, transport, config=gossip_config,
                                                 network=args.network, seeds=args.join, data_dir=args.data,
-                                                admission_token=admission, network_key=args.network_key_pub)
+                                                admission_token=admission, network_key=args.network_key_pub,
+                                                frame_bytes_max=transport.config.frame_bytes_max)
                 await nursery.start(service.membership.run)
             # One machine-readable line: launchers wait for it instead of polling the port.
             print(f"LISTENING {url} {identity.agent_id}", flush=True)
