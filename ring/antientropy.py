@@ -301,11 +301,13 @@ class AntiEntropy:
         if now >= self._next_round_s:
             self._next_round_s = now + self._interval()
             effects += self._start_round(now)
-        for key in [k for k, inc in self._in.items() if now - inc.last_s >= self.limits.session_idle_s]:
+        for key in [k for k, inc in self._in.items() if now >= inc.last_s + self.limits.session_idle_s]:
             del self._in[key]
         for s in list(self._out.values()):
             for req in s.inflight.values():
-                if now - req.sent_at < self.limits.request_timeout_s:
+                # Same expression as next_deadline(): `now - sent_at < timeout` can disagree with
+                # `sent_at + timeout <= now` by float rounding and make the shell tick forever.
+                if now < req.sent_at + self.limits.request_timeout_s:
                     continue
                 if req.attempts >= self.limits.request_attempts_max:
                     effects += self._end(s, "timeout")

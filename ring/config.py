@@ -47,8 +47,8 @@ class ReplicationConfig:
     # (Cassandra's max_hint_window: 3 h). Must stay below tombstone_grace_s, or a late hint could
     # re-deliver a write whose tombstone was already collected.
     hint_ttl_s: float = 3 * 3600.0
-    # Most hints a stand-in keeps for one owner; over it new hints are dropped (and counted), and
-    # anti-entropy repairs the rest. ~1 KiB per hint: ~100 MiB per down owner at most.
+    # Most hints a stand-in keeps for one owner; over it the oldest hint is dropped (and counted:
+    # newer writes are likelier to be read soon), and anti-entropy repairs the rest. ~1 KiB per hint: ~100 MiB per down owner at most.
     hints_per_owner_max: int = 100_000
 
     def __post_init__(self) -> None:
