@@ -49,8 +49,14 @@ def test_crashed_member_is_declared_dead_by_every_live_member(seed: int, n: int)
         assert r["false_deaths"] == 0, r
 
 
-@pytest.mark.parametrize("n", sizes(30, 100))
-@pytest.mark.parametrize("seed", SEEDS)
+def issue_size_once(small: int, big: int) -> list[object]:
+    """(seed, n): the issue's size for the first seed in the default run, the other seeds small
+    (and at the issue's size under -m slow)."""
+    return [(SEEDS[0], big), *((s, small) for s in SEEDS[1:]),
+            *(pytest.param(s, big, marks=pytest.mark.slow) for s in SEEDS[1:])]
+
+
+@pytest.mark.parametrize(("seed", "n"), issue_size_once(30, 100))
 def test_no_live_member_declared_dead_at_10pct_loss_for_10_minutes(seed: int, n: int) -> None:
     with reproducible("loss", seed, n=n, drop_rate=0.1, duration_s=600.0):
         r = scenario_loss(seed, n, drop_rate=0.1, duration_s=600.0)
@@ -58,8 +64,7 @@ def test_no_live_member_declared_dead_at_10pct_loss_for_10_minutes(seed: int, n:
         assert r["converged"], r
 
 
-@pytest.mark.parametrize("n", sizes(20, 100))
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize(("seed", "n"), issue_size_once(20, 100))
 def test_two_way_partition_heals_into_whole_membership(seed: int, n: int) -> None:
     with reproducible("partition", seed, n=n):
         r = scenario_partition(seed, n, split_s=60.0)
