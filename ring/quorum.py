@@ -62,7 +62,39 @@ class Outcome(enum.Enum):
     FAILED = "failed"
 
 
-class WriteQuorum:
+class _Tally:
+    """What both quorums share: the owners, the deadline, failures, and a decision that never changes
+    once made (SUCCEEDED at `need` successes, FAILED when they can no longer come or at the deadline)."""
+
+    __slots__ = ("_owners", "_deadline", "_failed", "_outcome", "_timed_out")
+
+    def __init__(self, replicas: Sequence[str], deadline: float) -> None:
+        self._owners = _check_replicas(replicas)
+        self._deadline = _check_deadline(deadline)
+        self._failed: dict[str, str] = {}  # owner -> first error code, while it has not succeeded
+        self._outcome = Outcome.PENDING
+        self._timed_out = False
+
+    def expire(self, now: float) -> Outcome:
+        """FAILED if still pending at or after the deadline."""
+        if self._outcome is Outcome.PENDING and now >= self._deadline:
+            self._outcome, self._timed_out = Outcome.FAILED, True
+        return self._outcome
+
+    def next_deadline(self) -> float | None:
+        """When to call ``expire`` next; None once decided."""
+        return self._deadline if self._outcome is Outcome.PENDING else None
+
+    def _decide_at(self, successes: int, need: int) -> Outcome:
+        if self._outcome is Outcome.PENDING:
+            if successes >= need:
+                self._outcome = Outcome.SUCCEEDED
+            elif len(self._owners) - len(self._failed) < need:
+                self._outcome = Outcome.FAILED
+        return self._outcome
+
+
+class WriteQuorum(_Tally):
     """Counts acks of one write toward ``w``; decides as soon as the answer is certain.
 
     Each owner in ``replicas`` is one slot. A slot is filled by the owner's ack or, when constructed
@@ -74,17 +106,13 @@ class WriteQuorum:
     Events after the decision are still recorded (``acked``, ``hints``) but never change ``outcome``.
     """
 
-    __slots__ = ("_owners", "_w", "_deadline", "_sloppy", "_filled", "_failed", "_outcome", "_timed_out")
+    __slots__ = ("_w", "_sloppy", "_filled")
 
     def __init__(self, replicas: Sequence[str], w: int, deadline: float, *, sloppy: bool = False) -> None:
-        self._owners = _check_replicas(replicas)
+        super().__init__(replicas, deadline)
         self._w = _check_count(w, len(self._owners), "w")
-        self._deadline = _check_deadline(deadline)
         self._sloppy = bool(sloppy)
         self._filled: dict[str, str] = {}  # owner -> the node that acked for it (itself or a stand-in)
-        self._failed: dict[str, str] = {}  # owner -> first error code, only while its slot is unfilled
-        self._outcome = Outcome.PENDING
-        self._timed_out = False
 
     def ack(self, replica: str, *, stands_in_for: str | None = None) -> Outcome:
         """``replica`` stored the write, for itself or (``stands_in_for``) as a hint for that owner."""
@@ -115,27 +143,12 @@ class WriteQuorum:
             self._failed.setdefault(owner, error_code)
         return self._decide()
 
-    def expire(self, now: float) -> Outcome:
-        """FAILED if still pending at or after the deadline."""
-        if self._outcome is Outcome.PENDING and now >= self._deadline:
-            self._outcome, self._timed_out = Outcome.FAILED, True
-        return self._outcome
-
-    def next_deadline(self) -> float | None:
-        """When to call ``expire`` next; None once decided."""
-        return self._deadline if self._outcome is Outcome.PENDING else None
-
     def _fill(self, owner: str, node: str) -> None:
         self._filled[owner] = node
         self._failed.pop(owner, None)
 
     def _decide(self) -> Outcome:
-        if self._outcome is Outcome.PENDING:
-            if len(self._filled) >= self._w:
-                self._outcome = Outcome.SUCCEEDED
-            elif len(self._owners) - len(self._failed) < self._w:
-                self._outcome = Outcome.FAILED
-        return self._outcome
+        return self._decide_at(len(self._filled), self._w)
 
     @property
     def outcome(self) -> Outcome:
@@ -175,7 +188,7 @@ class WriteQuorum:
                 f"{len(self._owners)}, failed={len(self._failed)}, sloppy={self._sloppy})")
 
 
-class ReadQuorum(Generic[V]):
+class ReadQuorum(_Tally, Generic[V]):
     """Collects answers of one read until ``r`` replicas answered, merges them, names stale replicas.
 
     An answer is a versioned value or None (the replica has nothing). ``merge`` must be a semilattice
@@ -185,19 +198,15 @@ class ReadQuorum(Generic[V]):
     an earlier failure of the same replica; unknown replicas are ignored.
     """
 
-    __slots__ = ("_owners", "_r", "_deadline", "_merge", "_answers", "_failed", "_outcome", "_timed_out")
+    __slots__ = ("_r", "_merge", "_answers")
 
     def __init__(self, replicas: Sequence[str], r: int, deadline: float, merge: Merge[V]) -> None:
-        self._owners = _check_replicas(replicas)
+        super().__init__(replicas, deadline)
         self._r = _check_count(r, len(self._owners), "r")
-        self._deadline = _check_deadline(deadline)
         if not callable(merge):
             raise InvalidArgument("merge must be callable")
         self._merge = merge
         self._answers: dict[str, V | None] = {}
-        self._failed: dict[str, str] = {}
-        self._outcome = Outcome.PENDING
-        self._timed_out = False
 
     def respond(self, replica: str, value: V | None) -> Outcome:
         """``replica`` answered with ``value`` (None: it holds nothing for the key)."""
@@ -218,21 +227,8 @@ class ReadQuorum(Generic[V]):
             self._failed.setdefault(replica, error_code)
         return self._decide()
 
-    def expire(self, now: float) -> Outcome:
-        if self._outcome is Outcome.PENDING and now >= self._deadline:
-            self._outcome, self._timed_out = Outcome.FAILED, True
-        return self._outcome
-
-    def next_deadline(self) -> float | None:
-        return self._deadline if self._outcome is Outcome.PENDING else None
-
     def _decide(self) -> Outcome:
-        if self._outcome is Outcome.PENDING:
-            if len(self._answers) >= self._r:
-                self._outcome = Outcome.SUCCEEDED
-            elif len(self._owners) - len(self._failed) < self._r:
-                self._outcome = Outcome.FAILED
-        return self._outcome
+        return self._decide_at(len(self._answers), self._r)
 
     def result(self) -> V | None:
         """The merge of every answer so far (the value to return once SUCCEEDED, and to repair with)."""
