@@ -23,10 +23,11 @@ from node.service import Service
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def start_node_process(data: Path, key: Path) -> tuple[trio.Process, str]:
+async def start_node_process(data: Path, key: Path, *extra: str) -> tuple[trio.Process, str]:
+    """Start `mnemonet node` (extra CLI arguments appended) and wait for its LISTENING line."""
     proc = await trio.lowlevel.open_process(
         [sys.executable, "-m", "node.cli", "node", "--listen", "127.0.0.1:0", "--data", str(data), "--key", str(key),
-         "--log-level", "WARNING"],
+         "--log-level", "WARNING", *extra],
         cwd=ROOT, stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=str(ROOT)),
     )
     assert proc.stdout is not None

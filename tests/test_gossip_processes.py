@@ -7,8 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
@@ -18,30 +16,19 @@ import trio
 from crypto.identity import Identity
 from gossip.admission import make_admission
 from node.client import MemoryClient
-
-ROOT = Path(__file__).resolve().parent.parent
+from tests.test_durability import start_node_process
 
 
 async def start(tmp: Path, name: str, network: str, join: list[str], identity: Identity | None = None,
                 extra: Sequence[str] = ()) -> tuple[trio.Process, str, str]:
     key = tmp / f"{name}.pem"
-    (identity or Identity.generate()).save(key)
-    argv = [sys.executable, "-m", "node.cli", "node", "--listen", "127.0.0.1:0", "--data", str(tmp / name),
-            "--key", str(key), "--gossip", "local", "--network", network, "--log-level", "WARNING", *extra]
+    identity = identity or Identity.generate()
+    identity.save(key)
+    args = ["--gossip", "local", "--network", network, *extra]
     for url in join:
-        argv += ["--join", url]
-    proc = await trio.lowlevel.open_process(argv, cwd=ROOT, stdout=subprocess.PIPE,
-                                            env=dict(os.environ, PYTHONPATH=str(ROOT)))
-    assert proc.stdout is not None
-    buf = b""
-    with trio.fail_after(60):
-        while b"\n" not in buf:
-            chunk = await proc.stdout.receive_some(4096)
-            if not chunk:
-                raise RuntimeError(f"{name} exited before listening")
-            buf += chunk
-    _, url, node_id = buf.split(b"\n", 1)[0].decode().split()
-    return proc, url, node_id
+        args += ["--join", url]
+    proc, url = await start_node_process(tmp / name, key, *args)
+    return proc, url, identity.agent_id
 
 
 async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float, what: str) -> None:
