@@ -2,27 +2,26 @@
 differ (top-down over a DigestTree, in bounded rounds), lists their items and swaps the copies either
 side lacks, plus the schedule that picks a co-replica every interval.
 
-Owns the session protocol, its bounds and statistics; it must not touch storage (a `LocalView` answers
-reads, `ApplyRecords` effects carry writes), read a clock or draw randomness of its own.
+Owns the session protocol and its statistics (its bounds are ReplicationConfig's `ae_*` fields); it must
+not touch storage (a `LocalView` answers reads, `ApplyRecords` effects carry writes), read a clock or
+draw randomness of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import enum
 import hashlib
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
 from crypto.errors import InvalidArgument
 from ring.config import ReplicationConfig
-from ring.digest import DigestTree, RangeDigest, tree
-from ring.memstore import MemoryReplicaStore
+from ring.digest import DigestTree, tree
 from ring.messages import (
     AeAck,
     AeClose,
@@ -43,58 +42,10 @@ from ring.messages import (
     SessionEnded,
     SummaryPage,
 )
-from ring.partition import Placement
-from ring.records import Kind, Record, merge
+from ring.records import Record, merge
+from ring.replicaview import LocalView, Rng, as_ref, pack, ref_of, wire_bytes
 
 Effect = Send | ApplyRecords | SessionEnded
-
-
-class Rng(Protocol):
-    """`random.Random` satisfies it; seed it for replayable runs."""
-
-    def random(self) -> float: ...
-
-
-class ReplicaData(Protocol):
-    """What the replication engines read from the local store (the node: SQLite; the simulator and
-    tests: `MemoryView`). Lists are ascending by ItemRef, the order cursors and pages rely on."""
-
-    @property
-    def partition_bits(self) -> int: ...
-
-    def digests(self, partitions: Sequence[int]) -> Mapping[int, RangeDigest]: ...
-
-    def summaries(self, partition: int, after: ItemRef | None, limit: int) -> list[ItemSummary]: ...
-
-    def records(self, items: Sequence[ItemRef]) -> list[Record]: ...
-
-    def records_after(self, partition: int, after: ItemRef | None, limit: int) -> list[Record]: ...
-
-
-class LocalView(ReplicaData, Protocol):
-    """Adds the placement questions the scheduler asks (per the local membership view)."""
-
-    def co_replicas(self) -> Sequence[str]: ...
-
-    def shared_partitions(self, peer: str) -> Sequence[int]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class AntiEntropyLimits:
-    """Bounds of one node's anti-entropy (interval and fanout come from ReplicationConfig)."""
-
-    sessions_max: int = 2  # sessions this node initiates at once: repair bandwidth, not correctness
-    responder_sessions_max: int = 4  # sessions answered at once: each holds a tree (~1 MB at 13k partitions)
-    tree_hashes_per_message_max: int = 1024  # ~9 KiB of hashes per answer
-    summaries_per_message_max: int = 1024  # ~100 KiB with 64-byte keys
-    partitions_per_query_max: int = 256  # one summary query covers many small partitions (avg ~8 items)
-    records_per_message_max: int = 128
-    message_bytes_max: int = 256 * 1024  # records are cut here (at least one goes, so a big one still moves)
-    requests_in_flight_max: int = 4  # per session: pipelines round trips without flooding the peer
-    request_timeout_s: float = 2.0  # a LAN round trip plus a slow SQLite read, with margin
-    request_attempts_max: int = 3  # then the session times out; the peer is retried at the next round
-    session_idle_s: float = 30.0  # the responder forgets a session idle this long (> timeout * attempts)
-    interval_jitter: float = 0.25  # rounds at interval * [0.75, 1.25): nodes do not march in step
 
 
 @dataclass(slots=True)
@@ -117,67 +68,11 @@ class AntiEntropyStats:
     bytes_received: int = 0
     retransmits: int = 0
 
-
-def wire_bytes(obj: object) -> int:
-    """Approximate msgpack size of a message or value: for statistics and message bounds."""
-    if obj is None or isinstance(obj, bool):
-        return 1
-    if isinstance(obj, int):
-        return 1 if -32 <= obj < 128 else 3 if -(1 << 15) <= obj < 1 << 16 else 5 if -(1 << 31) <= obj < 1 << 32 else 9
-    if isinstance(obj, float):
-        return 9
-    if isinstance(obj, str):
-        n = len(obj.encode("utf-8", "surrogatepass"))
-        return n + (1 if n < 32 else 2 if n < 256 else 3 if n < 65536 else 5)
-    if isinstance(obj, bytes | bytearray | memoryview):
-        return len(obj) + 3
-    if isinstance(obj, Record):
-        return wire_bytes(obj.to_wire())
-    if isinstance(obj, RangeDigest):
-        return wire_bytes(obj.to_wire())
-    if isinstance(obj, enum.Enum):
-        return wire_bytes(obj.value)
-    if isinstance(obj, Mapping):
-        return (1 if len(obj) < 16 else 3) + sum(wire_bytes(k) + wire_bytes(v) for k, v in obj.items())
-    if isinstance(obj, list | tuple):
-        return (1 if len(obj) < 16 else 3) + sum(wire_bytes(x) for x in obj)
-    if dataclasses.is_dataclass(obj):
-        fs = dataclasses.fields(obj)
-        return 2 + sum(wire_bytes(getattr(obj, f.name)) for f in fs)
-    return 9
-
-
 def partitions_fingerprint(ids: Sequence[int]) -> int:
     """64-bit hash of a sorted partition set: both sides must compare the same partitions."""
     h = hashlib.blake2b(digest_size=8, person=b"mnemonet-aeset")
     h.update(np.asarray(ids, dtype=">u8").tobytes())
     return int.from_bytes(h.digest(), "big")
-
-
-def as_ref(obj: Any) -> ItemRef:
-    """An ItemRef from its wire form (lists from msgpack compare unlike tuples)."""
-    if not isinstance(obj, list | tuple) or len(obj) < 2 or not isinstance(obj[0], str) \
-            or not isinstance(obj[1], list | tuple):
-        raise InvalidArgument("an item is [kind, key]")
-    return obj[0], tuple(obj[1])
-
-
-def ref_of(r: Record) -> ItemRef:
-    return r.kind.value, r.key
-
-
-def pack(records: Sequence[Record], bytes_max: int) -> list[Record]:
-    """The longest prefix within `bytes_max` (at least one record, so a large one still moves)."""
-    out: list[Record] = []
-    size = 0
-    for r in records:
-        b = wire_bytes(r)
-        if out and size + b > bytes_max:
-            break
-        out.append(r)
-        size += b
-    return out
-
 
 @dataclass(slots=True)
 class _Req:
@@ -229,10 +124,8 @@ class AntiEntropy:
     """One node's anti-entropy: sessions it starts (`start`, or every interval from `tick`) and
     sessions it answers (`handle`). Every call returns effects; `next_deadline` says when to tick."""
 
-    def __init__(self, me: str, view: LocalView, config: ReplicationConfig, rng: Rng, now: float,
-                 limits: AntiEntropyLimits | None = None) -> None:
+    def __init__(self, me: str, view: LocalView, config: ReplicationConfig, rng: Rng, now: float) -> None:
         self.me, self._view, self._config, self._rng = me, view, config, rng
-        self.limits = limits or AntiEntropyLimits()
         self._out: dict[int, _Outgoing] = {}
         self._in: dict[tuple[str, int], _Incoming] = {}
         self._last_attempt: dict[str, float] = {}
@@ -251,7 +144,7 @@ class AntiEntropy:
         """Open a session with `peer` over `partitions` (which both should own); no-op at the
         session bound, with a session to `peer` already open, or with nothing to compare."""
         ids = sorted({int(p) for p in partitions})
-        if peer == self.me or not ids or len(self._out) >= self.limits.sessions_max or peer in self.active_peers():
+        if peer == self.me or not ids or len(self._out) >= self._config.ae_sessions_max or peer in self.active_peers():
             return []
         t = tree(ids, self._view.digests(ids), self._config.digest_fanout)
         session = self._new_session_id()
@@ -301,15 +194,15 @@ class AntiEntropy:
         if now >= self._next_round_s:
             self._next_round_s = now + self._interval()
             effects += self._start_round(now)
-        for key in [k for k, inc in self._in.items() if now >= inc.last_s + self.limits.session_idle_s]:
+        for key in [k for k, inc in self._in.items() if now >= inc.last_s + self._config.ae_session_idle_s]:
             del self._in[key]
         for s in list(self._out.values()):
             for req in s.inflight.values():
                 # Same expression as next_deadline(): `now - sent_at < timeout` can disagree with
                 # `sent_at + timeout <= now` by float rounding and make the shell tick forever.
-                if now < req.sent_at + self.limits.request_timeout_s:
+                if now < req.sent_at + self._config.ae_request_timeout_s:
                     continue
-                if req.attempts >= self.limits.request_attempts_max:
+                if req.attempts >= self._config.ae_request_attempts_max:
                     effects += self._end(s, "timeout")
                     break
                 req.attempts += 1
@@ -322,21 +215,21 @@ class AntiEntropy:
         t = self._next_round_s
         for s in self._out.values():
             for req in s.inflight.values():
-                t = min(t, req.sent_at + self.limits.request_timeout_s)
+                t = min(t, req.sent_at + self._config.ae_request_timeout_s)
         for inc in self._in.values():
-            t = min(t, inc.last_s + self.limits.session_idle_s)
+            t = min(t, inc.last_s + self._config.ae_session_idle_s)
         return t
 
     # ---- scheduling ----
     def _interval(self) -> float:
-        j = self.limits.interval_jitter
+        j = self._config.ae_interval_jitter_fraction
         return self._config.anti_entropy_interval_s * (1.0 - j + 2.0 * j * self._rng.random())
 
     def _start_round(self, now: float) -> list[Effect]:
         """Least recently tried co-replica first (a peer whose session timed out goes before all)."""
         busy = self.active_peers()
         peers = [p for p in self._view.co_replicas() if p != self.me and p not in busy]
-        if not peers or len(self._out) >= self.limits.sessions_max:
+        if not peers or len(self._out) >= self._config.ae_sessions_max:
             return []
         retry = sorted(p for p in peers if p in self._retry)
         if retry:
@@ -365,7 +258,7 @@ class AntiEntropy:
             ids = sorted({int(p) for p in self._view.shared_partitions(src)})
             if len(ids) != msg.partitions or partitions_fingerprint(ids) != msg.partitions_fp:
                 return [self._send(src, AeReject(msg.session, "partitions"))]
-            if len(self._in) >= self.limits.responder_sessions_max:
+            if len(self._in) >= self._config.ae_responder_sessions_max:
                 return [self._send(src, AeReject(msg.session, "busy"))]
             try:
                 t = tree(ids, self._view.digests(ids), msg.fanout)
@@ -379,30 +272,30 @@ class AntiEntropy:
         return [self._send(src, AeOpened(msg.session, tuple(inc.tree.hashes(1, range(inc.tree.level_size(1))))))]
 
     def _answer(self, src: str, inc: _Incoming, msg: AeTreeQuery | AeSummaryQuery | AeFetch | AePush) -> list[Effect]:
-        lim, t = self.limits, inc.tree
+        cfg, t = self._config, inc.tree
         if isinstance(msg, AeTreeQuery):
             if not 2 <= msg.level < t.depth:
                 raise InvalidArgument("tree level out of range")
             children = t.children(msg.level - 1, msg.parents)
-            if len(children) > lim.tree_hashes_per_message_max:
+            if len(children) > cfg.ae_tree_hashes_per_message_max:
                 raise InvalidArgument("tree query too large")
             return [self._send(src, AeTreeHashes(msg.session, msg.req, tuple(t.hashes(msg.level, children))))]
         if isinstance(msg, AeSummaryQuery):
-            if len(msg.cursors) > lim.partitions_per_query_max:
+            if len(msg.cursors) > cfg.ae_partitions_per_query_max:
                 raise InvalidArgument("summary query too large")
             return [self._send(src, AeSummaries(msg.session, msg.req, self._pages(inc, msg.cursors)))]
         if isinstance(msg, AeFetch):
-            if len(msg.items) > lim.records_per_message_max:
+            if len(msg.items) > cfg.ae_records_per_message_max:
                 raise InvalidArgument("fetch too large")
             items = [as_ref(i) for i in msg.items]
             bits = self._view.partition_bits
             found = [r for r in self._view.records(items) if r.partition(bits) in inc.partitions]
             have = {ref_of(r) for r in found}
-            sent = pack(found, lim.message_bytes_max)
+            sent = pack(found, cfg.ae_message_bytes_max)
             self._stats.records_sent += len(sent)
             missing = tuple(i for i in items if i not in have)
             return [self._send(src, AeRecords(msg.session, msg.req, tuple(sent), missing))]
-        if len(msg.records) > lim.records_per_message_max:
+        if len(msg.records) > cfg.ae_records_per_message_max:
             raise InvalidArgument("push too large")
         bits = self._view.partition_bits
         ok = tuple(r for r in msg.records if r.partition(bits) in inc.partitions)
@@ -412,18 +305,18 @@ class AntiEntropy:
         return reply + [self._send(src, AeAck(msg.session, msg.req))]
 
     def _pages(self, inc: _Incoming, cursors: Sequence[tuple[int, Any]]) -> tuple[SummaryPage, ...]:
-        budget, size = self.limits.summaries_per_message_max, 0
+        budget, size = self._config.ae_summaries_per_message_max, 0
         pages: list[SummaryPage] = []
         for p, after in cursors:
             if p not in inc.partitions:
                 raise InvalidArgument("partition outside the session")
-            if budget <= 0 or size >= self.limits.message_bytes_max:
+            if budget <= 0 or size >= self._config.ae_message_bytes_max:
                 break
             items = self._view.summaries(p, None if after is None else as_ref(after), budget)
             kept: list[ItemSummary] = []
             for it in items:
                 b = wire_bytes(it)
-                if (pages or kept) and size + b > self.limits.message_bytes_max:
+                if (pages or kept) and size + b > self._config.ae_message_bytes_max:
                     break
                 kept.append(it)
                 size += b
@@ -479,7 +372,7 @@ class AntiEntropy:
             self._stats.partitions_differing += len(parts)
             s.summary_todo.extend((p, None) for p in parts)
             return
-        step = max(1, self.limits.tree_hashes_per_message_max // s.tree.fanout)
+        step = max(1, self._config.ae_tree_hashes_per_message_max // s.tree.fanout)
         for i in range(0, len(differing), step):
             s.tree_todo.append((level + 1, tuple(differing[i:i + step])))
 
@@ -491,7 +384,7 @@ class AntiEntropy:
         self._stats.summaries_received += len(remote)
         hi = None if page.complete else as_ref(page.items[-1])
         local: dict[ItemRef, int] = {}
-        cur, lim = after, self.limits.summaries_per_message_max
+        cur, lim = after, self._config.ae_summaries_per_message_max
         while True:
             items = self._view.summaries(page.partition, cur, lim)
             past_hi = False
@@ -542,7 +435,7 @@ class AntiEntropy:
 
     def _pump(self, s: _Outgoing, now: float) -> list[Effect]:
         effects: list[Effect] = []
-        while s.session in self._out and len(s.inflight) < self.limits.requests_in_flight_max:
+        while s.session in self._out and len(s.inflight) < self._config.ae_requests_in_flight_max:
             msg = self._next_request(s)
             if msg is None:
                 break
@@ -553,21 +446,21 @@ class AntiEntropy:
         return effects
 
     def _next_request(self, s: _Outgoing) -> AeTreeQuery | AeSummaryQuery | AeFetch | AePush | None:
-        lim = self.limits
+        cfg = self._config
         while True:
             req = s.next_req
             if s.tree_todo:
                 level, parents = s.tree_todo.popleft()
                 msg: AeTreeQuery | AeSummaryQuery | AeFetch | AePush | None = AeTreeQuery(s.session, req, level, parents)
-            elif len(s.push_buf) >= lim.records_per_message_max or (s.push_buf and not s.summary_todo):
+            elif len(s.push_buf) >= cfg.ae_records_per_message_max or (s.push_buf and not s.summary_todo):
                 msg = self._push(s, req)
                 if msg is None:
                     continue
-            elif len(s.fetch_buf) >= lim.records_per_message_max or (s.fetch_buf and not s.summary_todo):
-                n = min(len(s.fetch_buf), lim.records_per_message_max)
+            elif len(s.fetch_buf) >= cfg.ae_records_per_message_max or (s.fetch_buf and not s.summary_todo):
+                n = min(len(s.fetch_buf), cfg.ae_records_per_message_max)
                 msg = AeFetch(s.session, req, tuple(s.fetch_buf.popleft() for _ in range(n)))
             elif s.summary_todo:
-                n = min(len(s.summary_todo), lim.partitions_per_query_max)
+                n = min(len(s.summary_todo), cfg.ae_partitions_per_query_max)
                 msg = AeSummaryQuery(s.session, req, tuple(s.summary_todo.popleft() for _ in range(n)))
             else:
                 return None
@@ -575,7 +468,7 @@ class AntiEntropy:
             return msg
 
     def _push(self, s: _Outgoing, req: int) -> AePush | None:
-        n = min(len(s.push_buf), self.limits.records_per_message_max)
+        n = min(len(s.push_buf), self._config.ae_records_per_message_max)
         items = [s.push_buf.popleft() for _ in range(n)]
         bits = self._view.partition_bits
         found = {ref_of(r): r for r in self._view.records([i for i in items if not isinstance(i, Record)])}
@@ -584,7 +477,7 @@ class AntiEntropy:
             r = i if isinstance(i, Record) else found.get(i)
             if r is not None and r.partition(bits) in s.partitions:
                 records.append(r)
-        sent = pack(records, self.limits.message_bytes_max)
+        sent = pack(records, self._config.ae_message_bytes_max)
         s.push_buf.extendleft(reversed(records[len(sent):]))
         if not sent:
             return None  # the items went away locally (collected): nothing to push
@@ -607,51 +500,3 @@ class AntiEntropy:
             effects.append(self._send(s.peer, AeClose(s.session)))
         effects.append(SessionEnded(s.peer, s.session, outcome, s.differing, s.records_in, s.records_out))
         return effects
-
-
-class MemoryView:
-    """`LocalView` over a MemoryReplicaStore and a Placement: the simulator's and the tests' store."""
-
-    def __init__(self, store: MemoryReplicaStore, me: str, placement: Placement | None = None) -> None:
-        self.store, self.me, self.placement = store, me, placement
-
-    @property
-    def partition_bits(self) -> int:
-        return self.store.partition_bits
-
-    def digests(self, partitions: Sequence[int]) -> Mapping[int, RangeDigest]:
-        return {p: self.store.digest(p) for p in partitions}
-
-    def summaries(self, partition: int, after: ItemRef | None, limit: int) -> list[ItemSummary]:
-        return [(r.kind.value, r.key, r.digest_hash()) for r in self.records_after(partition, after, limit)]
-
-    def records(self, items: Sequence[ItemRef]) -> list[Record]:
-        out = []
-        for kind, key in items:
-            r = self.store.get(Kind(kind), tuple(key))
-            if r is not None:
-                out.append(r)
-        return out
-
-    def records_after(self, partition: int, after: ItemRef | None, limit: int) -> list[Record]:
-        out: list[Record] = []
-        for r in self.store.records(partition):
-            if after is None or ref_of(r) > after:
-                out.append(r)
-                if len(out) >= limit:
-                    break
-        return out
-
-    def co_replicas(self) -> Sequence[str]:
-        pl = self.placement
-        if pl is None or self.me not in pl.nodes:
-            return []
-        rows = pl.table[pl.partitions_of(self.me)]
-        return sorted({pl.nodes[i] for i in np.unique(rows).tolist()} - {self.me})
-
-    def shared_partitions(self, peer: str) -> Sequence[int]:
-        pl = self.placement
-        if pl is None or self.me not in pl.nodes or peer not in pl.nodes:
-            return []
-        i, j = pl.nodes.index(self.me), pl.nodes.index(peer)
-        return np.flatnonzero((pl.table == i).any(axis=1) & (pl.table == j).any(axis=1)).tolist()

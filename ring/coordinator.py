@@ -23,9 +23,6 @@ from ring.records import Kind, Record, merge
 
 Effect = Send | Done
 
-# Defaults of the coordinator's own bounds (candidates for ReplicationConfig).
-PENDING_REQUESTS_MAX = 10_000  # in-flight client requests per coordinator; beyond it: `unavailable`
-STAND_INS_PER_SLOT_MAX = 2  # stand-ins tried for one down owner before its slot is given up
 _REQ_SPAN_BITS = 61  # random start of request ids within [2**62, 2**62 + 2**61): room for 2**61 requests
 
 
@@ -80,26 +77,20 @@ class Coordinator:
     """Coordinates writes and reads of single items for one node (`node_id`).
 
     A write is sent to every owner believed alive; with `config.sloppy_quorum`, an owner believed
-    down, failing, or silent for `replica_timeout_s` gets a stand-in (the next healthy node in the
+    down, failing, or silent for `config.replica_timeout_s` gets a stand-in (the next healthy node in the
     partition's rendezvous order) that keeps the record as a hint. Success needs `required(...)`
     distinct nodes' acks (WriteQuorum); anything else ends in `Done(ok=False, code="unavailable")`
     with the counts — never a false success. A read asks every live owner, answers at R, and sends
     the merged record to every answering replica whose copy differs, late answers included.
-    Silent replicas are re-sent the same request every `replica_timeout_s` (puts are joins and gets
+    Silent replicas are re-sent the same request every `config.replica_timeout_s` (puts are joins and gets
     are reads, so repeats are harmless) until the request's deadline.
     """
 
-    def __init__(self, node_id: str, config: ReplicationConfig | None = None, rng: Rng | None = None, *,
-                 pending_requests_max: int = PENDING_REQUESTS_MAX, replica_timeout_s: float | None = None,
-                 stand_ins_per_slot_max: int = STAND_INS_PER_SLOT_MAX) -> None:
+    def __init__(self, node_id: str, config: ReplicationConfig | None = None, rng: Rng | None = None) -> None:
         if not isinstance(node_id, str) or not node_id:
             raise InvalidArgument("node_id must be a non-empty string")
         self.node_id = node_id
         self.config = config or ReplicationConfig()
-        self.pending_requests_max = pending_requests_max
-        # A quarter of the request timeout leaves room for a stand-in (or two resends) before it.
-        self.replica_timeout_s = replica_timeout_s or self.config.request_timeout_s / 4
-        self.stand_ins_per_slot_max = stand_ins_per_slot_max
         self._next_req = HANDOFF_REQ_LIMIT + (rng.getrandbits(_REQ_SPAN_BITS) if rng is not None else 0)
         self._view: View | None = None
         self._writes: dict[int, _Write] = {}
@@ -233,7 +224,7 @@ class Coordinator:
     def _add_stand_in(self, op: _Write, owner: str, out: list[Effect]) -> bool:
         """Send the write to one more stand-in for `owner`'s slot, if sloppy and one is left."""
         tried = op.stand_ins.get(owner, 0)
-        if not self.config.sloppy_quorum or tried >= self.stand_ins_per_slot_max or self._view is None:
+        if not self.config.sloppy_quorum or tried >= self.config.stand_ins_per_slot_max or self._view is None:
             return False
         alive = self._view.alive | {self.node_id}
         # A node serves one slot at most, so one physical copy never counts twice toward W.
@@ -329,7 +320,7 @@ class Coordinator:
         """One live timer per request: the next resend (or the deadline, whichever is first)."""
         if op.timer_at > now:
             return
-        op.timer_at = min(now + self.replica_timeout_s, op.deadline)
+        op.timer_at = min(now + self.config.replica_timeout_s, op.deadline)
         heapq.heappush(self._timers, (op.timer_at, op.req))
 
     def _new_req(self) -> int:
@@ -337,10 +328,10 @@ class Coordinator:
         return self._next_req
 
     def _refuse(self, client_req: int) -> list[Effect]:
-        if self.pending < self.pending_requests_max:
+        if self.pending < self.config.pending_requests_max:
             return []
         self.stats["overloaded"] += 1
-        return [self._unavailable(client_req, "coordinator overloaded", pending_max=self.pending_requests_max)]
+        return [self._unavailable(client_req, "coordinator overloaded", pending_max=self.config.pending_requests_max)]
 
     @staticmethod
     def _count(consistency: Consistency | int | None, default: int, n: int) -> int | None:

@@ -19,9 +19,6 @@ from ring.records import Kind, Record, merge
 Effect = Send | HintStored | HintDropped
 ItemId = tuple[Kind, tuple[str, ...]]
 
-# Defaults of the queue's own bounds (candidates for ReplicationConfig).
-HINT_RETRY_S = 2.0  # a delivery not acked within this is sent again (the owner may have died again)
-HINTS_IN_FLIGHT_PER_OWNER_MAX = 32  # deliveries awaiting an ack per owner: back-pressure on a returning owner
 
 
 class HintQueue:
@@ -33,19 +30,16 @@ class HintQueue:
     tombstone was already collected elsewhere).
 
     Bounds: `hints_per_owner_max` per owner (the oldest is dropped and counted), `hint_ttl_s` age
-    (expired ones are dropped and counted; anti-entropy repairs both), `in_flight_per_owner_max`
-    unacked deliveries per owner.
+    (expired ones are dropped and counted; anti-entropy repairs both), `hints_in_flight_per_owner_max`
+    unacked deliveries per owner, each sent again after `hint_retry_s`.
     """
 
-    def __init__(self, config: ReplicationConfig | None = None, *, retry_s: float = HINT_RETRY_S,
-                 in_flight_per_owner_max: int = HINTS_IN_FLIGHT_PER_OWNER_MAX) -> None:
+    def __init__(self, config: ReplicationConfig | None = None) -> None:
         cfg = config or ReplicationConfig()
-        if not retry_s > 0 or in_flight_per_owner_max < 1:
-            raise InvalidArgument("retry_s must be positive and in_flight_per_owner_max at least 1")
         self.per_owner_max = cfg.hints_per_owner_max
         self.ttl_s = cfg.hint_ttl_s
-        self.retry_s = retry_s
-        self.in_flight_per_owner_max = in_flight_per_owner_max
+        self.retry_s = cfg.hint_retry_s
+        self.in_flight_per_owner_max = cfg.hints_in_flight_per_owner_max
         self._next_id = 1
         self._queues: dict[str, OrderedDict[ItemId, Hint]] = {}
         self._by_id: dict[int, Hint] = {}

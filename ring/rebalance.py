@@ -1,8 +1,9 @@
 """Rebalancing after a placement change, sans-IO: a node pulls the partitions it gained from their old
 owners in resumable pages, and drops the partitions it lost once every new owner has confirmed them.
 
-Owns the transfer and hand-over protocol, its bounds and statistics; it must not touch storage (a
-`ReplicaData` answers reads, effects carry writes and drops), route client requests or read a clock.
+Owns the transfer and hand-over protocol and its statistics (its bounds are ReplicationConfig's
+`rebalance_*` fields); it must not touch storage (a `ReplicaData` answers reads, effects carry writes
+and drops), route client requests or read a clock.
 
 Reads and writes during a move (the rule the coordinator and the shell follow):
 - Writes go to the owners in the new placement as soon as a coordinator knows it. An old owner keeps
@@ -18,7 +19,7 @@ Confirmation: a new owner "sweeps" a losing owner, pulling every page of the par
 loser's digest was the same on the first and the last page, nothing changed in between (merges only
 grow a partition), so every item it held is now merged here: the new owner sends RbConfirm(that digest).
 A loser whose digest moved on answers retry (sweep again), and nudges unconfirmed new owners every
-`nudge_interval_s` (RbSweepMe), which also covers a lost RbConfirm or a new owner that restarted.
+`rebalance_nudge_interval_s` (RbSweepMe), which also covers a lost RbConfirm or a new owner that restarted.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ring.antientropy import ReplicaData, Rng, as_ref, pack, ref_of, wire_bytes
+from ring.config import ReplicationConfig
 from ring.digest import RangeDigest
 from ring.messages import (
     ApplyRecords,
@@ -45,22 +46,9 @@ from ring.messages import (
     Send,
 )
 from ring.partition import Movement
+from ring.replicaview import ReplicaData, Rng, as_ref, pack, ref_of, wire_bytes
 
 Effect = Send | ApplyRecords | DropPartitions
-
-
-@dataclass(frozen=True, slots=True)
-class RebalanceLimits:
-    """Bounds of one node's rebalancing."""
-
-    transfers_in_flight_max: int = 8  # pages asked for at once: the back-pressure on the shell's writes
-    records_per_page_max: int = 256
-    page_bytes_max: int = 512 * 1024  # a page is cut here (at least one record, so a big one still moves)
-    request_timeout_s: float = 5.0  # a page read and applied on a busy node, with margin
-    request_attempts_max: int = 3  # then that source is given up and the next old owner is tried
-    retry_backoff_s: float = 10.0  # after every old owner of a partition failed once
-    nudge_interval_s: float = 30.0  # a loser re-asks unconfirmed new owners this often
-    partitions_per_nudge_max: int = 1024
 
 
 @dataclass(slots=True)
@@ -124,9 +112,8 @@ class Rebalancer:
     """One node's side of every move: `plan(diff(old, new))` on each placement change (the diff from the
     last settled placement), then `handle`/`tick` return effects; `next_deadline` says when to tick."""
 
-    def __init__(self, me: str, view: ReplicaData, rng: Rng, now: float, limits: RebalanceLimits | None = None) -> None:
-        self.me, self._view, self._rng = me, view, rng
-        self.limits = limits or RebalanceLimits()
+    def __init__(self, me: str, view: ReplicaData, config: ReplicationConfig, rng: Rng, now: float) -> None:
+        self.me, self._view, self._config, self._rng = me, view, config, rng
         self._owned: dict[int, _Owned] = {}
         self._lost: dict[int, _Lost] = {}
         self._queue: deque[_Task] = deque()
@@ -189,7 +176,7 @@ class Rebalancer:
                     self._enqueue(_Task(p, loser, True), now)
             elif not o.have_data:
                 self._enqueue(_Task(p, o.sources[0], False), now)
-        self._nudge_s = now + self.limits.nudge_interval_s if lost else math.inf
+        self._nudge_s = now + self._config.rebalance_nudge_interval_s if lost else math.inf
         return self._pump(now)
 
     def handle(self, src: str, msg: object, now: float) -> list[Effect]:
@@ -208,7 +195,7 @@ class Rebalancer:
                 self._sweep(msg.partition, src, now)
             return self._pump(now)
         if isinstance(msg, RbSweepMe):
-            for p in msg.partitions[: self.limits.partitions_per_nudge_max]:
+            for p in msg.partitions[: self._config.rebalance_partitions_per_nudge_max]:
                 self._sweep(p, src, now)
             return self._pump(now)
         return []
@@ -218,9 +205,9 @@ class Rebalancer:
         while self._delayed and self._delayed[0][0] <= now:
             self._queue.append(heapq.heappop(self._delayed)[2])
         for t in list(self._active.values()):
-            if now - t.sent_at < self.limits.request_timeout_s:
+            if now - t.sent_at < self._config.rebalance_request_timeout_s:
                 continue
-            if t.attempts >= self.limits.request_attempts_max:
+            if t.attempts >= self._config.rebalance_request_attempts_max:
                 self._stats.timeouts += 1
                 self._finish(t)
                 self._give_up(t, now)
@@ -229,7 +216,7 @@ class Rebalancer:
                 t.sent_at = now
                 effects.append(self._send(t.source, RbPull(t.transfer, t.partition, t.cursor)))
         if now >= self._nudge_s:
-            self._nudge_s = now + self.limits.nudge_interval_s
+            self._nudge_s = now + self._config.rebalance_nudge_interval_s
             effects += self._nudges()
         return effects + self._pump(now)
 
@@ -238,16 +225,16 @@ class Rebalancer:
         if self._delayed:
             t = min(t, self._delayed[0][0])
         for task in self._active.values():
-            t = min(t, task.sent_at + self.limits.request_timeout_s)
+            t = min(t, task.sent_at + self._config.rebalance_request_timeout_s)
         return t
 
     # ---- serving and losing ----
     def _serve(self, src: str, msg: RbPull) -> Send:
         after = None if msg.after is None else as_ref(msg.after)
-        lim = self.limits
-        records = self._view.records_after(msg.partition, after, lim.records_per_page_max)
-        sent = pack(records, lim.page_bytes_max)
-        more = len(sent) < len(records) or len(records) == lim.records_per_page_max
+        cfg = self._config
+        records = self._view.records_after(msg.partition, after, cfg.rebalance_records_per_page_max)
+        sent = pack(records, cfg.rebalance_page_bytes_max)
+        more = len(sent) < len(records) or len(records) == cfg.rebalance_records_per_page_max
         d = self._digest(msg.partition)
         self._stats.pages_served += 1
         self._stats.records_served += len(sent)
@@ -283,7 +270,7 @@ class Rebalancer:
                 if lost.confirmed.get(c) != current[p]:
                     wanted.setdefault(c, []).append(p)
         effects: list[Effect] = []
-        step = self.limits.partitions_per_nudge_max
+        step = self._config.rebalance_partitions_per_nudge_max
         for c, ps in sorted(wanted.items()):
             for i in range(0, len(ps), step):
                 self._stats.nudges_sent += 1
@@ -335,7 +322,7 @@ class Rebalancer:
         sources = o.sources
         i = (sources.index(t.source) + 1) % len(sources) if t.source in sources else 0
         nxt = _Task(t.partition, sources[i], False, t.cursor)
-        self._enqueue(nxt, now + (self.limits.retry_backoff_s if i == 0 else 0.0))
+        self._enqueue(nxt, now + (self._config.rebalance_retry_backoff_s if i == 0 else 0.0))
 
     def _enqueue(self, t: _Task, ready_s: float) -> None:
         t.first, t.attempts, t.transfer = None, 0, 0
@@ -355,7 +342,7 @@ class Rebalancer:
         while self._delayed and self._delayed[0][0] <= now:
             self._queue.append(heapq.heappop(self._delayed)[2])
         effects: list[Effect] = []
-        while self._queue and len(self._active) < self.limits.transfers_in_flight_max:
+        while self._queue and len(self._active) < self._config.rebalance_transfers_in_flight_max:
             t = self._queue.popleft()
             t.transfer = self._new_transfer_id()
             t.attempts, t.sent_at = 1, now

@@ -242,7 +242,8 @@ class ReplSim:
         node.alive = self._oracle(node.id)  # a booting node learns the membership before serving
         node.coord.set_view(self.placement, node.alive)
         if self.anti_entropy:
-            from ring.antientropy import AntiEntropy, MemoryView  # the hook: see `anti_entropy`
+            from ring.antientropy import AntiEntropy  # the hook: see `anti_entropy`
+            from ring.replicaview import MemoryView
             node.ae = AntiEntropy(node.id, MemoryView(node.store, node.id, self.placement), self.config, rng, self.now)
         self._effects(node, node.hints.due(node.alive, self.now))
 

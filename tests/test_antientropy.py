@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ring.antientropy import AntiEntropy, AntiEntropyLimits, MemoryView, wire_bytes
+from ring.antientropy import AntiEntropy
 from ring.config import ReplicationConfig
 from ring.memstore import MemoryReplicaStore
 from ring.merge import Versioned
@@ -33,6 +33,7 @@ from ring.messages import (
 )
 from ring.partition import Placement, StorageNode
 from ring.records import Kind, Record, merge
+from ring.replicaview import MemoryView, wire_bytes
 
 BITS = 6
 CONFIG = ReplicationConfig(digest_fanout=4)
@@ -109,7 +110,7 @@ class Net:
 
 
 def pair(a_records: Iterable[Record], b_records: Iterable[Record], shared: Sequence[int] | None = None,
-         limits: AntiEntropyLimits | None = None, bits: int = BITS, config: ReplicationConfig = CONFIG,
+         bits: int = BITS, config: ReplicationConfig = CONFIG,
          **net: Any) -> tuple[Net, AntiEntropy, AntiEntropy]:
     stores = {"a": MemoryReplicaStore(bits), "b": MemoryReplicaStore(bits)}
     for r in a_records:
@@ -117,8 +118,8 @@ def pair(a_records: Iterable[Record], b_records: Iterable[Record], shared: Seque
     for r in b_records:
         stores["b"].apply(r)
     parts = list(range(1 << bits)) if shared is None else list(shared)
-    a = AntiEntropy("a", FixedView(stores["a"], "a", ["b"], parts), config, random.Random(1), 0.0, limits)
-    b = AntiEntropy("b", FixedView(stores["b"], "b", ["a"], parts), config, random.Random(2), 0.0, limits)
+    a = AntiEntropy("a", FixedView(stores["a"], "a", ["b"], parts), config, random.Random(1), 0.0)
+    b = AntiEntropy("b", FixedView(stores["b"], "b", ["a"], parts), config, random.Random(2), 0.0)
     return Net({"a": a, "b": b}, stores, **net), a, b
 
 
@@ -172,12 +173,13 @@ def test_equal_replicas_cost_two_messages() -> None:
 
 
 def test_messages_stay_within_bounds() -> None:
-    limits = AntiEntropyLimits(tree_hashes_per_message_max=8, summaries_per_message_max=5, partitions_per_query_max=3,
-                               records_per_message_max=4, message_bytes_max=900, requests_in_flight_max=2)
+    config = CONFIG.replace(ae_tree_hashes_per_message_max=8, ae_summaries_per_message_max=5,
+                            ae_partitions_per_query_max=3, ae_records_per_message_max=4, ae_message_bytes_max=900,
+                            ae_requests_in_flight_max=2)
     big = "y" * 400
     a_side = [mem(f"m{i}", 1, big) for i in range(150)]
     b_side = [reg(f"r{i}", 2, i) for i in range(150)] + [mem(f"m{i}", 2, "z") for i in range(0, 150, 3)]
-    net, a, _ = pair(a_side, b_side, limits=limits)
+    net, a, _ = pair(a_side, b_side, config=config)
     net.effects("a", a.start("b", range(1 << BITS), net.now))
     net.run()
     assert_converged(net, joined(a_side, b_side))
@@ -204,7 +206,7 @@ def test_faults_never_corrupt_and_a_clean_session_finishes_the_job(
     common, only_a, only_b = sides
     model = joined(common, only_a, only_b)
     net, a, b = pair(common + only_a, common + only_b, seed=seed, loss=loss, dup=dup, reorder=True,
-                     limits=AntiEntropyLimits(records_per_message_max=3, summaries_per_message_max=4))
+                     config=CONFIG.replace(ae_records_per_message_max=3, ae_summaries_per_message_max=4))
     for _ in range(3):
         net.effects("a", a.start("b", range(1 << BITS), net.now))
         net.effects("b", b.start("a", range(1 << BITS), net.now))
@@ -224,7 +226,7 @@ def test_timed_out_session_is_retried_at_the_next_round() -> None:
     net.run(until_s=a.next_deadline())  # the first scheduled round opens a session that b never answers
     net.run(until_s=net.now + 9.0)
     assert [e.outcome for e in net.ended] == ["timeout"]
-    assert a.statistics().retransmits == a.limits.request_attempts_max - 1
+    assert a.statistics().retransmits == CONFIG.ae_request_attempts_max - 1
     net.cut.clear()
     for _ in range(3):  # b's own rounds may also repair; a retries b at its next round either way
         net.run(until_s=max(a.next_deadline(), b.next_deadline()))
@@ -241,8 +243,8 @@ def test_responder_refuses_other_partition_sets_and_extra_sessions() -> None:
     assert AeReject in [type(m) for m in net.sent] and not net.stores["b"].partitions()
 
     everything = range(1 << BITS)
-    busy = AntiEntropy("b", FixedView(net.stores["b"], "b", ["a", "c"], everything), CONFIG, random.Random(3), 0.0,
-                       AntiEntropyLimits(responder_sessions_max=1))
+    busy = AntiEntropy("b", FixedView(net.stores["b"], "b", ["a", "c"], everything),
+                       CONFIG.replace(ae_responder_sessions_max=1), random.Random(3), 0.0)
     out = busy.handle("a", AeOpen(7, 0, 0, 4, 0), 0.0)
     assert isinstance(out[0], Send) and out[0].msg == AeReject(7, "partitions")
     view_a = FixedView(MemoryReplicaStore(BITS), "a", ["b"], everything)
@@ -264,8 +266,7 @@ def test_scheduler_uses_the_placement_and_round_robins_co_replicas() -> None:
     assert peers and "a" not in peers
     for p in peers:
         assert set(view.shared_partitions(p)) == {q for q in range(1 << BITS) if {"a", p} <= set(pl.preference(q))}
-    e = AntiEntropy("a", view, CONFIG.replace(anti_entropy_interval_s=5.0), random.Random(9), 0.0,
-                    AntiEntropyLimits(sessions_max=1))
+    e = AntiEntropy("a", view, CONFIG.replace(anti_entropy_interval_s=5.0, ae_sessions_max=1), random.Random(9), 0.0)
     picked = []
     now = 0.0
     for _ in range(len(peers)):

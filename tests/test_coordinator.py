@@ -39,8 +39,9 @@ def reg(value: object, hlc: int, key: tuple[str, ...] = KEY, writer: str = "w") 
     return Record(Kind.REGISTER, key, Versioned(value, hlc, writer))
 
 
-def coord(node: str = "n0", sloppy: bool = True, alive: list[str] | None = None, **kw: Any) -> Coordinator:
-    c = Coordinator(node, ReplicationConfig(sloppy_quorum=sloppy, request_timeout_s=2.0), **kw)
+def coord(node: str = "n0", sloppy: bool = True, alive: list[str] | None = None, rng: Any = None,
+          **cfg: Any) -> Coordinator:
+    c = Coordinator(node, ReplicationConfig(sloppy_quorum=sloppy, request_timeout_s=2.0, **cfg), rng)
     c.set_view(PLACEMENT, frozenset(NODES if alive is None else alive))
     return c
 

@@ -37,7 +37,7 @@ def incr(writer: str, n: int) -> Record:
 
 
 def queue(**cfg: Any) -> HintQueue:
-    return HintQueue(ReplicationConfig(**cfg), retry_s=1.0, in_flight_per_owner_max=2)
+    return HintQueue(ReplicationConfig(**{"hint_retry_s": 1.0, "hints_in_flight_per_owner_max": 2, **cfg}))
 
 
 def kinds(effects: list[Any]) -> list[str]:
@@ -124,7 +124,7 @@ def test_an_ack_for_merged_away_content_does_not_drop_the_newer_hint() -> None:
 
 def test_bad_arguments() -> None:
     with pytest.raises(InvalidArgument):
-        HintQueue(retry_s=0.0)
+        HintQueue(ReplicationConfig(hint_retry_s=0.0))
     with pytest.raises(InvalidArgument):
         HintQueue().add("", reg("k", 1, 1), 0.0)
 
@@ -139,7 +139,7 @@ ops = st.lists(st.one_of(
 @settings(max_examples=150, deadline=None)
 @given(ops=ops)
 def test_the_persisted_mirror_restores_the_same_queue(ops: list[tuple[Any, ...]]) -> None:
-    q = HintQueue(ReplicationConfig(hints_per_owner_max=3, hint_ttl_s=5.0), retry_s=1.0)
+    q = HintQueue(ReplicationConfig(hints_per_owner_max=3, hint_ttl_s=5.0, hint_retry_s=1.0))
     disk: dict[int, Hint] = {}
     high = 0  # what SQLite's sqlite_sequence would remember
     now = 0.0
@@ -159,7 +159,7 @@ def test_the_persisted_mirror_restores_the_same_queue(ops: list[tuple[Any, ...]]
                 assert disk.pop(e.hint_id).owner == e.owner
         assert sorted(disk) == sorted(h.hint_id for h in q.hints())
         assert all(len(q.hints(o)) <= 3 for o in "bcd")
-    restored = HintQueue(ReplicationConfig(hints_per_owner_max=3, hint_ttl_s=5.0), retry_s=1.0)
+    restored = HintQueue(ReplicationConfig(hints_per_owner_max=3, hint_ttl_s=5.0, hint_retry_s=1.0))
     restored.restore(disk.values(), high + 1)
     assert {o: q.hints(o) for o in "bcd"} == {o: restored.hints(o) for o in "bcd"}
     assert restored.next_id == q.next_id

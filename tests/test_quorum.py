@@ -56,6 +56,21 @@ def test_config_defaults_overlap_and_validate() -> None:
             ReplicationConfig(**bad)
 
 
+def test_config_engine_bounds_validate() -> None:
+    cfg = ReplicationConfig()
+    assert cfg.replica_timeout_s == cfg.request_timeout_s / 4  # the coordinator's historical default
+    assert cfg.replace(request_timeout_s=8.0).replica_timeout_s == 2.0
+    for bad in ({"pending_requests_max": 0}, {"stand_ins_per_slot_max": -1}, {"hints_in_flight_per_owner_max": 0},
+                {"hint_retry_s": 0.0}, {"replica_timeout_fraction": 0.0}, {"replica_timeout_fraction": 1.5},
+                {"ae_sessions_max": 0}, {"ae_message_bytes_max": 1.5}, {"ae_request_timeout_s": -1.0},
+                {"ae_interval_jitter_fraction": 1.0}, {"ae_interval_jitter_fraction": -0.1},
+                {"ae_session_idle_s": 6.0}, {"rebalance_records_per_page_max": 0},
+                {"rebalance_request_timeout_s": 0.0}, {"rebalance_nudge_interval_s": 0.0},
+                {"rebalance_partitions_per_nudge_max": False}):
+        with pytest.raises(InvalidArgument):
+            ReplicationConfig(**bad)
+
+
 # ---------------------------------------------------------------- quorum intersection
 
 

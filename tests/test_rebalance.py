@@ -12,16 +12,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ring.antientropy import MemoryView
+from ring.config import ReplicationConfig
 from ring.memstore import MemoryReplicaStore
 from ring.messages import ApplyRecords, DropPartitions, ItemRef, RbConfirm, RbPage, RbPull, Send
 from ring.partition import Placement, StorageNode, diff
-from ring.rebalance import RebalanceLimits, Rebalancer
+from ring.rebalance import Rebalancer
 from ring.records import Kind, Record, merge
+from ring.replicaview import MemoryView
 
 BITS = 5
-LIMITS = RebalanceLimits(transfers_in_flight_max=3, records_per_page_max=4, request_timeout_s=1.0,
-                         retry_backoff_s=2.0, nudge_interval_s=5.0)
+CONFIG = ReplicationConfig(rebalance_transfers_in_flight_max=3, rebalance_records_per_page_max=4,
+                           rebalance_request_timeout_s=1.0, rebalance_retry_backoff_s=2.0,
+                           rebalance_nudge_interval_s=5.0)
 Item = tuple[Kind, tuple[str, ...]]
 
 
@@ -44,7 +46,7 @@ class Cluster:
         self.loss, self.dup, self.dead = loss, dup, set(dead)
         names = sorted(set(old.nodes) | set(new.nodes))
         self.stores = {n: MemoryReplicaStore(BITS) for n in names}
-        self.engines = {n: Rebalancer(n, MemoryView(self.stores[n], n), random.Random(seed * 31 + i), 0.0, LIMITS)
+        self.engines = {n: Rebalancer(n, MemoryView(self.stores[n], n), CONFIG, random.Random(seed * 31 + i), 0.0)
                         for i, n in enumerate(names)}
         self.model: dict[Item, Record] = {}
         self.dropped: set[tuple[str, int]] = set()
@@ -112,7 +114,7 @@ class Cluster:
     def run(self, steps_max: int = 100_000) -> None:
         for _ in range(steps_max):
             for n in self.live:
-                assert len(self.engines[n]._active) <= LIMITS.transfers_in_flight_max  # back-pressure
+                assert len(self.engines[n]._active) <= CONFIG.rebalance_transfers_in_flight_max  # back-pressure
             if self.queue:
                 if self.writes_left and self.rng.random() < 0.1:
                     self.writes_left -= 1
@@ -225,8 +227,9 @@ def test_pages_are_bounded_and_serving_is_stateless() -> None:
     for r in rs:
         store.apply(r)
     p = rs[0].partition(BITS)
-    e = Rebalancer("a", MemoryView(store, "a"), random.Random(1), 0.0,
-                   RebalanceLimits(records_per_page_max=5, page_bytes_max=1000))
+    e = Rebalancer("a", MemoryView(store, "a"),
+                   ReplicationConfig(rebalance_records_per_page_max=5, rebalance_page_bytes_max=1000),
+                   random.Random(1), 0.0)
     after: ItemRef | None = None
     got: list[Record] = []
     for _ in range(1000):
