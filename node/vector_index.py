@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from crypto.errors import DimensionMismatch, InvalidArgument
-from node.vector_ivf import IvfSegment, build_segment, load_segment
+from node.vector_calibration import BUDGETS, PROBES, K, Sample, choose, sample_queries
+from node.vector_ivf import IvfSegment, build_segment, ivf_candidates, ivf_hits, load_segment
 from node.vector_segment import (
     MANIFEST,
     SavedIndex,
@@ -38,11 +39,6 @@ from node.vector_segment import (
 log = logging.getLogger(__name__)
 
 Accept = Callable[[np.ndarray], np.ndarray]
-K_CALIBRATION = 10  # calibration measures recall@10, the benchmark's metric
-# Shares of IVF lists probed that calibration tries (with the fetch multipliers), cheapest first.
-_PROBES = (0.015, 0.03, 0.06, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4)
-# Sampled recall must clear the target by this much: recall@10 of 64 queries varies by ~0.01.
-_RECALL_MARGIN = 0.01
 RebuildSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
@@ -65,12 +61,14 @@ class VectorIndexConfig:
     dead_fraction_max: float = 0.25  # segments (and the slot arrays) are rebuilt above this tombstone share
     recall_target: float = 0.95  # after builds, widen the ANN budget until sampled recall@10 reaches this,
     # or search exactly when that budget would cost over half an exact scan (0: never calibrate)
-    calibration_queries: int = 64  # stored vectors used as sample queries (their own hit excluded)
+    calibration_queries: int = 200  # stored vectors used as sample queries (their own hit excluded)
     seed: int = 1  # annoy, k-means, PCA sampling and calibration seed: same inputs -> same segments
-    ivf_rows_min: int = 16_384  # segments built over at least this many live rows are IVF (0: annoy only):
-    # 2*sqrt(n) k-means lists, scored on a PCA copy, exact re-rank of the best `fetch` x budget rows
-    ivf_projection_dim: int = 128  # width of the IVF segments' PCA copy (0: score the full vectors)
-    ivf_probe: float = 0.06  # share of IVF lists probed until calibration picks one
+    ivf_rows_min: int = 4096  # segments built over at least this many live rows are IVF (0: annoy only):
+    # k-means lists, rows scored as list mean + projected residual, exact re-rank of the best `fetch` x budget
+    ivf_projection_dim: int = 128  # width of the IVF segments' residual copy (0: full width)
+    ivf_lists_per_sqrt: float = 4.0  # k-means lists per sqrt(rows) of an IVF segment: finer lists cover
+    # more true neighbours per row scanned, but cost more k-means work and more per-list calls per query
+    ivf_probe: float = 0.06  # share of an IVF segment's rows probed until calibration picks one
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +107,8 @@ class VectorIndex:
         self.directory = directory
         self.config = config or VectorIndexConfig()
         cfg = self.config
-        self.spec = SegmentSpec(cfg.n_trees, cfg.projection_dim, cfg.seed, cfg.ivf_rows_min, cfg.ivf_projection_dim)
+        self.spec = SegmentSpec(cfg.n_trees, cfg.projection_dim, cfg.seed, cfg.ivf_rows_min, cfg.ivf_projection_dim,
+                                cfg.ivf_lists_per_sqrt)
         self._lock = threading.Lock()  # guards every field below; held only for O(batch) work
         self._build_lock = threading.Lock()  # one seal/compact/vacuum at a time
         self._save_lock = threading.Lock()
@@ -235,7 +234,7 @@ class VectorIndex:
             return self._exact(view, q, k, group_arr, accept)
         selectivity = view.allowed / max(view.live, 1)
         widen = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
-        fetch = max(cfg.fetch, k) * budget * widen
+        fetch = _fetch(cfg.fetch, k, budget) * widen
         search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * budget * widen
         probe = self._probe * widen
         while fetch < sealed_items:
@@ -263,7 +262,13 @@ class VectorIndex:
     def _candidates(self, view: _View, q: np.ndarray, fetch: int, search_k: int, sealed_items: int,
                     probe: float) -> np.ndarray:
         parts = [np.arange(view.sealed_upto, view.n, dtype=np.int64)]  # the buffer, scored exactly
+        ivf = [seg for seg in view.segments if isinstance(seg, IvfSegment)]
+        if ivf:  # probed together: one budget over all IVF segments' lists
+            share = sum(seg.items for seg in ivf) / sealed_items
+            parts.append(ivf_candidates(ivf, q, max(16, math.ceil(fetch * share)), probe))
         for seg in view.segments:
+            if isinstance(seg, IvfSegment):
+                continue
             share = seg.items / sealed_items
             count = min(seg.items, max(16, math.ceil(fetch * share)))
             parts.append(seg.candidates(q, count, max(math.ceil(search_k * share), count), probe))
@@ -315,7 +320,7 @@ class VectorIndex:
         with self._lock:
             live, sealed = len(self._slot_of), self._sealed_upto
         last = self._calibration.get("live", 0.0)
-        return (cfg.recall_target > 0 and live > cfg.exact_subset_max and sealed > 4 * K_CALIBRATION
+        return (cfg.recall_target > 0 and live > cfg.exact_subset_max and sealed > 4 * K
                 and not (last and 0.8 < live / last < 1.25))
 
     def compact(self) -> None:
@@ -338,66 +343,58 @@ class VectorIndex:
             self._stats["compact_ms_last"] = (time.perf_counter() - started) * 1e3
 
     def _calibrate(self, force: bool = False) -> None:
-        """Pick the cheapest measured ANN budget whose recall@10 on sample queries reaches
-        ``recall_target``: a fetch (and annoy search_k) multiplier 1, 1.5, 2.25, ... and, with IVF
-        segments, a share of lists probed from ``_PROBES`` (the multipliers tried for each); or
-        exact search when no budget costing under a third of an exact scan reaches the target.
-        Runs after builds (worker thread); skipped unless the live count changed by over 25%."""
+        """Pick the cheapest measured ANN budget (fetch multiplier and, with IVF segments, share of
+        rows probed) whose recall@10 on sample queries reaches ``recall_target``, or exact search
+        (node/vector_calibration.py). Runs after builds (worker thread); skipped unless the live
+        count changed by over 25%."""
         if not (force or self._calibration_due()):
             return
         cfg = self.config
         view = self._view(None)
         sealed = sum(s.items for s in view.segments)
-        rng = np.random.default_rng(cfg.seed)
-        pool = np.flatnonzero(view.alive[: view.sealed_upto])
-        sample = rng.choice(pool, min(cfg.calibration_queries, pool.size), replace=False)
-        started = time.perf_counter()
-        truth = []
-        for slot in sample.tolist():
-            scores = view.vectors[: view.n] @ view.vectors[slot]
-            scores[~view.alive[: view.n]] = -np.inf
-            scores[slot] = -np.inf
-            truth.append(set(np.argpartition(-scores, K_CALIBRATION)[:K_CALIBRATION].tolist()))
-            time.sleep(0)  # a calibration must not starve the event loop either
-        exact_s = (time.perf_counter() - started) / sample.size
-        ivf = any(isinstance(s, IvfSegment) for s in view.segments)
-        best: tuple[float, float, float, float] | None = None  # seconds, budget, probe, recall
-        recall = 0.0
-        for probe in _PROBES if ivf else (cfg.ivf_probe,):
-            budget = 1.0
-            while True:
-                ann_s, recall = self._sampled_recall(view, sample, truth, budget, probe, sealed)
-                if ann_s >= min(exact_s, best[0] if best else exact_s):
-                    break  # wider budgets (and wider probes, at budget 1) only cost more
-                if recall >= cfg.recall_target + _RECALL_MARGIN:
-                    best = (ann_s, budget, probe, recall)
-                    break
-                if ann_s * 3 >= exact_s or budget >= 64:
-                    break
-                budget *= 1.5
-            if budget == 1.0 and ann_s >= min(exact_s, best[0] if best else exact_s):
-                break
-        self._budget, self._probe = (best[1], best[2]) if best else (None, cfg.ivf_probe)
-        self._calibration = {"live": float(view.live), "recall": round(best[3] if best else recall, 4),
-                             "budget": best[1] if best else 0.0, "probe": self._probe,
-                             "ann_ms": round(best[0] * 1e3, 3) if best else 0.0, "exact_ms": round(exact_s * 1e3, 3)}
+        sample = sample_queries(view.vectors[: view.n], view.alive[: view.n], view.sealed_upto,
+                                cfg.calibration_queries, cfg.seed)
+        ivf = [s for s in view.segments if isinstance(s, IvfSegment)]
+        surface = None
+        if ivf and len(ivf) == len(view.segments):  # every sealed row is IVF: one scan per query
+            counts = [max(16, math.ceil(_fetch(cfg.fetch, K, budget))) for budget in BUDGETS]
+            hits = np.zeros((len(PROBES), len(BUDGETS)))
+            for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
+                hits += ivf_hits(ivf, view.vectors[slot], truth, PROBES, counts)
+                hits += np.count_nonzero(truth >= view.sealed_upto)  # buffer rows are scored exactly
+                time.sleep(0)
+            surface = hits / (K * sample.slots.size)
 
-    def _sampled_recall(self, view: _View, sample: np.ndarray, truth: list[set[int]], budget: float,
-                        probe: float, sealed: int) -> tuple[float, float]:
-        """(seconds per query, recall@10) of the ANN path at ``budget``/``probe`` on ``sample``."""
+        def measure(budget: float, probe: float) -> tuple[float, float]:
+            return self._sampled_recall(view, sample, budget, probe, sealed, surface is not None)
+
+        best, recall = choose(measure, sample.exact_s, cfg.recall_target, PROBES if ivf else (cfg.ivf_probe,),
+                              surface)
+        self._budget, self._probe = (round(best[1], 4), best[2]) if best else (None, cfg.ivf_probe)
+        self._calibration = {"live": float(view.live), "recall": round(best[3] if best else recall, 4),
+                             "budget": self._budget or 0.0, "probe": self._probe,
+                             "ann_ms": round(best[0] * 1e3, 3) if best else 0.0,
+                             "exact_ms": round(sample.exact_s * 1e3, 3)}
+
+    def _sampled_recall(self, view: _View, sample: Sample, budget: float, probe: float,
+                        sealed: int, timing_only: bool) -> tuple[float, float]:
+        """(seconds per query, recall@10) of the ANN path at ``budget``/``probe`` on ``sample``
+        (with ``timing_only``, on its first 64 queries and without recall)."""
         cfg = self.config
+        queries = list(zip(sample.slots.tolist(), sample.truth, strict=True))[: 64 if timing_only else None]
         started = time.perf_counter()
         found = 0
-        for slot, expected in zip(sample.tolist(), truth, strict=True):
+        for slot, expected in queries:
             q = view.vectors[slot]
-            fetch = max(cfg.fetch, K_CALIBRATION) * budget
+            fetch = _fetch(cfg.fetch, K, budget)
             search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
             cands = self._candidates(view, q, int(fetch), int(search_k), sealed, probe)
             cands = cands[view.alive[cands] & (cands != slot)]
-            top = cands[np.argsort(-(view.vectors[cands] @ q))[:K_CALIBRATION]]
-            found += len(expected & set(top.tolist()))
+            scores = view.vectors[cands] @ q
+            top = cands[np.argpartition(-scores, K)[:K]] if cands.size > K else cands
+            found += int(np.count_nonzero(np.isin(top, expected)))
             time.sleep(0)
-        return (time.perf_counter() - started) / sample.size, found / (K_CALIBRATION * sample.size)
+        return (time.perf_counter() - started) / len(queries), found / (K * len(queries))
 
     def _merge_plan(self) -> tuple[int, int] | None:
         """(first, last) adjacent segments to rebuild as one, or None when the policy holds."""
@@ -575,6 +572,11 @@ class VectorIndex:
         out["probe"] = self._probe
         out["calibration"] = dict(self._calibration)
         return out
+
+
+def _fetch(fetch: int, k: int, budget: float) -> float:
+    """Candidates re-ranked exactly for a top-``k`` at ``budget``: never fewer than 2k."""
+    return max(max(fetch, k) * budget, 2.0 * k)
 
 
 def _select(keys: np.ndarray, scores: np.ndarray, k: int, accept: Accept | None, batch: int) -> list[tuple[int, float]]:

@@ -20,7 +20,7 @@ import numpy as np
 from annoy import AnnoyIndex
 
 MANIFEST = "manifest.json"
-FORMAT = 1
+FORMAT = 2  # 2: IVF segments store list residuals (means, spread) instead of centroids
 # PCA is fitted on at most this many rows: the covariance of a 20k sample is stable to ~1%.
 _PCA_SAMPLE_ROWS = 20_000
 # Rows handled between two GIL hand-overs while building (~0.3 ms of add_item calls).
@@ -37,7 +37,8 @@ class SegmentSpec:
     projection_dim: int  # 0: annoy indexes the full vectors
     seed: int
     ivf_rows_min: int = 0  # segments with at least this many live rows are IVF (node/vector_ivf.py); 0: never
-    ivf_projection_dim: int = 128  # IVF scores lists on a PCA copy of this width (0: the full vectors)
+    ivf_projection_dim: int = 128  # IVF rows are kept as residuals projected to this width (0: full width)
+    ivf_lists_per_sqrt: float = 4.0  # IVF segments have this many k-means lists per sqrt(rows)
 
 
 class SegmentLike(Protocol):

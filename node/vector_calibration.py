@@ -1,0 +1,118 @@
+"""Calibration of the vector index's ANN budget: the cheapest measured (fetch, probe) at a recall target.
+
+Owns the sample queries and their exact answers, and the walk over budgets that picks one; it
+must not take the index's locks or write its arrays (it reads a snapshot and calls back to search).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+K = 10  # calibration measures recall@10, the benchmark's metric
+# Shares of each IVF segment's rows probed, cheapest first (about x1.3 apart).
+PROBES = (0.005, 0.0075, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.065, 0.08, 0.1, 0.12, 0.14, 0.16, 0.18, 0.2,
+          0.22, 0.25, 0.28, 0.32, 0.36, 0.4, 0.45, 0.5)
+# Fetch multipliers (candidates re-ranked exactly, and annoy's search_k), cheapest first.
+BUDGETS = tuple(1.5**i for i in range(-4, 11))  # 0.2 .. 57.7
+# Sampled recall must clear the target by this much: recall@10 of 200 queries has a standard
+# error of ~0.005-0.01 (queries of one topic are correlated).
+RECALL_MARGIN = 0.01
+_BATCH = 32  # sample queries answered per matrix product
+_TIMED = 16  # exact scans timed
+# An ANN budget must cost under this share of an exact scan to be chosen over exact search:
+# beyond it the lost recall buys too little time.
+COST_SHARE_MAX = 0.5
+
+Measure = Callable[[float, float], tuple[float, float]]  # (budget, probe) -> (seconds/query, recall@10)
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """Stored rows used as queries (``slots``), each with the slots of its exact top ``K``
+    (itself excluded), and the measured seconds of one exact search."""
+
+    slots: np.ndarray
+    truth: list[np.ndarray]
+    exact_s: float
+
+
+def sample_queries(vectors: np.ndarray, alive: np.ndarray, pool_upto: int, count: int, seed: int) -> Sample:
+    """Exact answers for ``count`` seeded live rows below ``pool_upto`` over all rows of ``vectors``
+    (``alive`` masks them), computed in batches (a matrix product per 32 queries is ~10x cheaper
+    than 32 scans); a few single scans are timed to give the exact search's cost."""
+    rng = np.random.default_rng(seed)
+    pool = np.flatnonzero(alive[:pool_upto])
+    slots = rng.choice(pool, min(count, pool.size), replace=False)
+    truth: list[np.ndarray] = []
+    for lo in range(0, slots.size, _BATCH):
+        part = slots[lo : lo + _BATCH]
+        scores = vectors @ vectors[part].T
+        scores[~alive] = -np.inf
+        scores[part, np.arange(part.size)] = -np.inf
+        for column in range(part.size):
+            truth.append(np.argpartition(-scores[:, column], K)[:K])
+        time.sleep(0)  # a calibration must not starve the event loop either
+    started = time.perf_counter()
+    for slot in slots[:_TIMED].tolist():
+        np.argpartition(-(vectors @ vectors[slot]), K)
+        time.sleep(0)
+    return Sample(slots, truth, (time.perf_counter() - started) / max(1, min(_TIMED, slots.size)))
+
+
+def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[float],
+           surface: np.ndarray | None = None) -> tuple[tuple[float, float, float, float] | None, float]:
+    """The cheapest measured (seconds, budget, probe, recall) whose recall reaches ``target`` +
+    RECALL_MARGIN at under COST_SHARE_MAX of ``exact_s`` (None: search exactly), and the last
+    recall seen. ``surface[probe index, budget index]``, when given, is the sampled recall of every
+    grid point (IVF only), and ``measure`` is then used for its time alone.
+
+    Recall grows with both budget and probe, so the smallest sufficient probe can only shrink as
+    the budget grows: for each budget, it is read off the surface or found by a binary search
+    below the previous budget's. Cost is U-shaped along that boundary (wide probes at small
+    budgets, then big re-ranks), so the walk stops once a boundary point costs half again the
+    best, or the probe is the least.
+    """
+    goal = target + RECALL_MARGIN
+    best: tuple[float, float, float, float] | None = None
+    recall = 0.0
+    hi = len(probes) - 1  # smallest probe index known to reach the goal (at a smaller budget) or the last
+    known = False
+    for fi, budget in enumerate(BUDGETS):
+        found: tuple[float, float] | None = None  # (seconds, recall) at probe index hi
+        if surface is not None:
+            hits = np.flatnonzero(surface[:, fi] >= goal)
+            recall = float(surface[-1, fi])
+            if not hits.size:
+                continue
+            hi = int(hits[0])
+            found = (measure(budget, probes[hi])[0], float(surface[hi, fi]))
+        else:
+            if not known:
+                seconds, recall = measure(budget, probes[hi])
+                if recall < goal:
+                    if seconds >= exact_s:
+                        break  # and a bigger budget costs more than an exact scan at this probe
+                    continue  # even the widest probe misses: only a bigger budget can help
+                found = (seconds, recall)
+            lo = 0
+            while lo < hi:  # invariant: probes[hi] reaches the goal at this budget
+                mid = (lo + hi) // 2
+                seconds, recall = measure(budget, probes[mid])
+                if recall >= goal:
+                    hi, found = mid, (seconds, recall)
+                else:
+                    lo = mid + 1
+            if found is None:  # hi was inherited and nothing below it hit: time it at this budget
+                found = measure(budget, probes[hi])
+                recall = found[1]
+        known = True
+        seconds, recall = found
+        if seconds < exact_s * COST_SHARE_MAX and (best is None or seconds < best[0]):
+            best = (seconds, budget, probes[hi], recall)
+        if hi == 0 or (best is not None and seconds > 1.5 * best[0]):
+            break
+    return best, recall
