@@ -1,16 +1,21 @@
 """Calibration of the vector index's ANN budget: the cheapest measured (fetch, probe) at a recall target.
 
-Owns the sample queries and their exact answers, and the walk over budgets that picks one; it
-must not take the index's locks or write its arrays (it reads a snapshot and calls back to search).
+Owns the sample queries and their exact answers, the recall measurements and the walk over
+budgets that picks one; it must not take the index's locks or write its arrays (it reads a
+snapshot and calls back to the index for candidates).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from node.vector_ivf import IvfSegment, ivf_hits
+from node.vector_segment import SegmentLike
 
 K = 10  # calibration measures recall@10, the benchmark's metric
 # Shares of each IVF segment's rows probed, cheapest first (about x1.3 apart).
@@ -28,6 +33,9 @@ _TIMED = 16  # exact scans timed
 COST_SHARE_MAX = 0.5
 
 Measure = Callable[[float, float], tuple[float, float]]  # (budget, probe) -> (seconds/query, recall@10)
+# (query, budget, probe) -> candidate slots, the buffer's included, as the index's search makes them
+Candidates = Callable[[np.ndarray, float, float], np.ndarray]
+_TIMING_QUERIES = 64  # queries timed per point when the recall comes from the surface
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,3 +124,48 @@ def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[flo
         if hi == 0 or (best is not None and seconds > 1.5 * best[0]):
             break
     return best, recall
+
+
+def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments: Sequence[SegmentLike],
+              candidates: Candidates, fetch: Callable[[float], float], *, queries: int, seed: int,
+              target: float, fallback_probe: float) -> tuple[float | None, float, dict[str, float]]:
+    """(budget or None for exact search, probe, summary) for an index whose rows are ``vectors``
+    (``alive``; rows from ``sealed_upto`` on are its exactly scanned buffer) and whose sealed
+    ``segments`` those are. ``fetch(budget)`` is the candidate count for a top-K at ``budget``.
+
+    When every segment is IVF, the recall of every (probe, budget) comes from one scan per sample
+    query (``ivf_hits``), and only the boundary points are timed; otherwise each point is measured
+    by running the search (annoy segments' recall depends on their search_k)."""
+    sample = sample_queries(vectors, alive, sealed_upto, queries, seed)
+    ivf = [s for s in segments if isinstance(s, IvfSegment)]
+    surface = None
+    if ivf and len(ivf) == len(segments):
+        counts = [max(16, math.ceil(fetch(budget))) for budget in BUDGETS]
+        hits = np.zeros((len(PROBES), len(BUDGETS)))
+        for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
+            hits += ivf_hits(ivf, vectors[slot], truth, PROBES, counts)
+            hits += np.count_nonzero(truth >= sealed_upto)  # buffer rows are scored exactly
+            time.sleep(0)
+        surface = hits / (K * sample.slots.size)
+
+    def measure(budget: float, probe: float) -> tuple[float, float]:
+        chosen = list(zip(sample.slots.tolist(), sample.truth, strict=True))
+        if surface is not None:
+            chosen = chosen[:_TIMING_QUERIES]
+        started = time.perf_counter()
+        found = 0
+        for slot, truth in chosen:
+            q = vectors[slot]
+            cands = candidates(q, budget, probe)
+            cands = cands[alive[cands] & (cands != slot)]
+            scores = vectors[cands] @ q
+            top = cands[np.argpartition(-scores, K)[:K]] if cands.size > K else cands
+            found += int(np.count_nonzero(np.isin(top, truth)))
+            time.sleep(0)
+        return (time.perf_counter() - started) / len(chosen), found / (K * len(chosen))
+
+    best, recall = choose(measure, sample.exact_s, target, PROBES if ivf else (fallback_probe,), surface)
+    budget, probe = (round(best[1], 4), best[2]) if best else (None, fallback_probe)
+    summary = {"recall": round(best[3] if best else recall, 4), "budget": budget or 0.0, "probe": probe,
+               "ann_ms": round(best[0] * 1e3, 3) if best else 0.0, "exact_ms": round(sample.exact_s * 1e3, 3)}
+    return budget, probe, summary

@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from crypto.errors import DimensionMismatch, InvalidArgument
-from node.vector_calibration import BUDGETS, PROBES, K, Sample, choose, sample_queries
-from node.vector_ivf import IvfSegment, build_segment, ivf_candidates, ivf_hits, load_segment
+from node.vector_calibration import K, calibrate
+from node.vector_ivf import IvfSegment, build_segment, ivf_candidates, load_segment
 from node.vector_segment import (
     MANIFEST,
     SavedIndex,
@@ -35,6 +35,7 @@ from node.vector_segment import (
     remove_unreferenced,
     save_index,
 )
+from node.vector_slots import SlotTable
 
 log = logging.getLogger(__name__)
 
@@ -112,18 +113,12 @@ class VectorIndex:
         self._lock = threading.Lock()  # guards every field below; held only for O(batch) work
         self._build_lock = threading.Lock()  # one seal/compact/vacuum at a time
         self._save_lock = threading.Lock()
-        self._vectors: np.ndarray
-        self._keys: np.ndarray
-        self._groups: np.ndarray
-        self._alive: np.ndarray
-        self._n: int
+        self._table: SlotTable
         self._sealed_upto: int
         self._segments: tuple[SegmentLike, ...]
-        self._slot_of: dict[int, int]
-        self._group_live: dict[int, int]
         # ANN budget multiplier chosen by calibration; None: exact scans beat the ANN at the target.
         self._budget: float | None
-        self._probe: float  # share of each IVF segment's lists probed, also chosen by calibration
+        self._probe: float  # share of the IVF segments' rows probed, also chosen by calibration
         self._calibration: dict[str, float]
         self._clear()
         self.watermark: int | None = None  # what save() stored; None when nothing was loaded
@@ -183,29 +178,18 @@ class VectorIndex:
         keep = np.sort(len(keys_arr) - 1 - last)
         keys_arr, groups_arr, vecs = keys_arr[keep], groups_arr[keep], vecs[keep]
         with self._lock:
-            self._reserve(len(keys_arr))
-            start = self._n
-            for key, group in zip(keys_arr.tolist(), groups_arr.tolist(), strict=True):
-                self._kill(key)
-                self._group_live[group] = self._group_live.get(group, 0) + 1
-            stop = start + len(keys_arr)
-            self._vectors[start:stop] = vecs
-            self._keys[start:stop] = keys_arr
-            self._groups[start:stop] = groups_arr
-            self._alive[start:stop] = True
-            self._slot_of.update(zip(keys_arr.tolist(), range(start, stop), strict=True))
-            self._n = stop
+            self._table.append(keys_arr, vecs, groups_arr)
 
     def remove(self, key: int) -> None:
         """Forget ``key`` (no error if absent); it is never returned by a later search."""
         with self._lock:
-            self._kill(int(key))
+            self._table.kill(int(key))
 
     def __contains__(self, key: object) -> bool:
-        return key in self._slot_of
+        return key in self._table.slot_of
 
     def __len__(self) -> int:
-        return len(self._slot_of)
+        return len(self._table)
 
     # ---- search -------------------------------------------------------------------------------
 
@@ -254,10 +238,9 @@ class VectorIndex:
 
     def _view(self, group_arr: np.ndarray | None) -> _View:
         with self._lock:
-            live = len(self._slot_of)
-            allowed = live if group_arr is None else sum(self._group_live.get(g, 0) for g in set(group_arr.tolist()))
-            return _View(self._vectors, self._keys, self._groups, self._alive, self._n,
-                         self._sealed_upto, self._segments, allowed, live)
+            t = self._table
+            return _View(t.vectors, t.keys, t.groups, t.alive, t.n, self._sealed_upto, self._segments,
+                         t.allowed(group_arr), len(t))
 
     def _candidates(self, view: _View, q: np.ndarray, fetch: int, search_k: int, sealed_items: int,
                     probe: float) -> np.ndarray:
@@ -291,15 +274,15 @@ class VectorIndex:
     # ---- sealing, compaction ------------------------------------------------------------------
 
     def needs_seal(self) -> bool:
-        return self._n - self._sealed_upto >= self.config.buffer_max
+        return self._table.n - self._sealed_upto >= self.config.buffer_max
 
     def seal(self) -> None:
         """Build a segment over the whole buffer (heavy: call from a worker thread), then swap it in."""
         with self._build_lock:
             started = time.perf_counter()
             with self._lock:
-                start, stop = self._sealed_upto, self._n
-                vectors, alive = self._vectors, self._alive[start:stop].copy()
+                start, stop = self._sealed_upto, self._table.n
+                vectors, alive = self._table.vectors, self._table.alive[start:stop].copy()
             if stop == start:
                 return
             segment = build_segment(vectors[start:stop], alive, start, self.spec, self.directory)
@@ -308,7 +291,8 @@ class VectorIndex:
                 self._sealed_upto = stop
                 self._stats["seals"] += 1
                 self._stats["seal_ms_last"] = (time.perf_counter() - started) * 1e3
-            self._grow_ahead()
+            ahead = self.config.buffer_max
+            self._table.grow_ahead(self._lock, 4 * ahead, 8 * ahead)
             self._calibrate()
 
     def needs_compact(self) -> bool:
@@ -318,7 +302,7 @@ class VectorIndex:
     def _calibration_due(self) -> bool:
         cfg = self.config
         with self._lock:
-            live, sealed = len(self._slot_of), self._sealed_upto
+            live, sealed = len(self._table), self._sealed_upto
         last = self._calibration.get("live", 0.0)
         return (cfg.recall_target > 0 and live > cfg.exact_subset_max and sealed > 4 * K
                 and not (last and 0.8 < live / last < 1.25))
@@ -334,7 +318,7 @@ class VectorIndex:
                 with self._lock:
                     old = self._segments[first : last + 1]
                     start, stop = old[0].start, old[-1].stop
-                    vectors, alive = self._vectors, self._alive[start:stop].copy()
+                    vectors, alive = self._table.vectors, self._table.alive[start:stop].copy()
                 merged = build_segment(vectors[start:stop], alive, start, self.spec, self.directory)
                 with self._lock:
                     self._segments = (*self._segments[:first], merged, *self._segments[last + 1 :])
@@ -352,54 +336,21 @@ class VectorIndex:
         cfg = self.config
         view = self._view(None)
         sealed = sum(s.items for s in view.segments)
-        sample = sample_queries(view.vectors[: view.n], view.alive[: view.n], view.sealed_upto,
-                                cfg.calibration_queries, cfg.seed)
-        ivf = [s for s in view.segments if isinstance(s, IvfSegment)]
-        surface = None
-        if ivf and len(ivf) == len(view.segments):  # every sealed row is IVF: one scan per query
-            counts = [max(16, math.ceil(_fetch(cfg.fetch, K, budget))) for budget in BUDGETS]
-            hits = np.zeros((len(PROBES), len(BUDGETS)))
-            for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
-                hits += ivf_hits(ivf, view.vectors[slot], truth, PROBES, counts)
-                hits += np.count_nonzero(truth >= view.sealed_upto)  # buffer rows are scored exactly
-                time.sleep(0)
-            surface = hits / (K * sample.slots.size)
 
-        def measure(budget: float, probe: float) -> tuple[float, float]:
-            return self._sampled_recall(view, sample, budget, probe, sealed, surface is not None)
-
-        best, recall = choose(measure, sample.exact_s, cfg.recall_target, PROBES if ivf else (cfg.ivf_probe,),
-                              surface)
-        self._budget, self._probe = (round(best[1], 4), best[2]) if best else (None, cfg.ivf_probe)
-        self._calibration = {"live": float(view.live), "recall": round(best[3] if best else recall, 4),
-                             "budget": self._budget or 0.0, "probe": self._probe,
-                             "ann_ms": round(best[0] * 1e3, 3) if best else 0.0,
-                             "exact_ms": round(sample.exact_s * 1e3, 3)}
-
-    def _sampled_recall(self, view: _View, sample: Sample, budget: float, probe: float,
-                        sealed: int, timing_only: bool) -> tuple[float, float]:
-        """(seconds per query, recall@10) of the ANN path at ``budget``/``probe`` on ``sample``
-        (with ``timing_only``, on its first 64 queries and without recall)."""
-        cfg = self.config
-        queries = list(zip(sample.slots.tolist(), sample.truth, strict=True))[: 64 if timing_only else None]
-        started = time.perf_counter()
-        found = 0
-        for slot, expected in queries:
-            q = view.vectors[slot]
-            fetch = _fetch(cfg.fetch, K, budget)
+        def candidates(q: np.ndarray, budget: float, probe: float) -> np.ndarray:
             search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
-            cands = self._candidates(view, q, int(fetch), int(search_k), sealed, probe)
-            cands = cands[view.alive[cands] & (cands != slot)]
-            scores = view.vectors[cands] @ q
-            top = cands[np.argpartition(-scores, K)[:K]] if cands.size > K else cands
-            found += int(np.count_nonzero(np.isin(top, expected)))
-            time.sleep(0)
-        return (time.perf_counter() - started) / len(queries), found / (K * len(queries))
+            return self._candidates(view, q, int(_fetch(cfg.fetch, K, budget)), int(search_k), sealed, probe)
+
+        self._budget, self._probe, summary = calibrate(
+            view.vectors[: view.n], view.alive[: view.n], view.sealed_upto, view.segments, candidates,
+            lambda budget: _fetch(cfg.fetch, K, budget), queries=cfg.calibration_queries, seed=cfg.seed,
+            target=cfg.recall_target, fallback_probe=cfg.ivf_probe)
+        self._calibration = {"live": float(view.live), **summary}
 
     def _merge_plan(self) -> tuple[int, int] | None:
         """(first, last) adjacent segments to rebuild as one, or None when the policy holds."""
         with self._lock:
-            segs, alive = self._segments, self._alive
+            segs, alive = self._segments, self._table.alive
         if not segs:
             return None
         live = [int(alive[s.start : s.stop].sum()) for s in segs]
@@ -416,108 +367,31 @@ class VectorIndex:
             return (pair, pair + 1)
         return None
 
-    # ---- storage internals (callers hold _lock unless noted) ---------------------------------
+    # ---- storage internals ----------------------------------------------------------------------
 
     def _clear(self) -> None:
-        capacity = 1024
-        self._vectors = np.empty((capacity, self.dim), dtype=np.float32)
-        self._keys = np.empty(capacity, dtype=np.int64)
-        self._groups = np.empty(capacity, dtype=np.int64)
-        self._alive = np.zeros(capacity, dtype=bool)
-        self._n = 0
+        self._table = SlotTable(self.dim)
         self._sealed_upto = 0
         self._segments = ()
-        self._slot_of = {}
-        self._group_live = {}
         self._budget = 1.0
         self._probe = self.config.ivf_probe
         self._calibration = {}
 
-    def _kill(self, key: int) -> None:
-        slot = self._slot_of.pop(key, None)
-        if slot is not None:
-            self._alive[slot] = False
-            group = int(self._groups[slot])
-            self._group_live[group] -= 1
-            if not self._group_live[group]:
-                del self._group_live[group]
-
-    def _reserve(self, extra: int) -> None:
-        if self._n + extra > len(self._keys):
-            self._resize(max(2 * len(self._keys), self._n + extra))
-
-    def _resize(self, capacity: int) -> None:
-        n = self._n
-        vectors = np.empty((capacity, self.dim), dtype=np.float32)
-        vectors[:n] = self._vectors[:n]
-        keys, groups, alive = (np.empty(capacity, np.int64), np.empty(capacity, np.int64),
-                               np.zeros(capacity, dtype=bool))
-        keys[:n], groups[:n], alive[:n] = self._keys[:n], self._groups[:n], self._alive[:n]
-        self._vectors, self._keys, self._groups, self._alive = vectors, keys, groups, alive
-
-    def _grow_ahead(self) -> None:
-        """Called from the worker after a seal: grow the arrays now so that add() on the event
-        loop rarely has to copy them. The big copy runs outside the lock (rows below n are
-        immutable); only the rows and alive bits written meanwhile are copied under it."""
-        with self._lock:
-            n, capacity = self._n, len(self._keys)
-            if n + 4 * self.config.buffer_max <= capacity:
-                return
-            vectors, keys, groups = self._vectors, self._keys, self._groups
-        new_capacity = max(2 * capacity, n + 8 * self.config.buffer_max)
-        new_vectors = np.empty((new_capacity, self.dim), dtype=np.float32)
-        new_vectors[:n] = vectors[:n]
-        new_keys, new_groups = np.empty(new_capacity, np.int64), np.empty(new_capacity, np.int64)
-        new_keys[:n], new_groups[:n] = keys[:n], groups[:n]
-        with self._lock:
-            if self._vectors is not vectors:  # someone resized meanwhile: keep theirs
-                return
-            m = self._n
-            new_vectors[n:m], new_keys[n:m], new_groups[n:m] = vectors[n:m], keys[n:m], groups[n:m]
-            new_alive = np.zeros(new_capacity, dtype=bool)
-            new_alive[:m] = self._alive[:m]
-            self._vectors, self._keys, self._groups, self._alive = new_vectors, new_keys, new_groups, new_alive
-
     def _vacuum_due(self) -> bool:
         with self._lock:
-            dead = self._n - len(self._slot_of)
-            return self._n >= 1024 and dead > self.config.dead_fraction_max * self._n
+            n, dead = self._table.n, self._table.dead
+            return n >= 1024 and dead > self.config.dead_fraction_max * n
 
     def _vacuum(self) -> None:
-        """Rewrite the arrays without tombstones and reseal them as one segment (under _build_lock)."""
+        """Rewrite the rows without tombstones and reseal them as one segment (under _build_lock,
+        which keeps ``_sealed_upto`` fixed meanwhile)."""
+        compacted = self._table.compacted(self._lock, self._sealed_upto, 8 * self.config.buffer_max)
+        rows = compacted.sealed
+        segment = build_segment(compacted.vectors[:rows], np.ones(rows, dtype=bool), 0, self.spec, self.directory)
         with self._lock:
-            n0, sealed0 = self._n, self._sealed_upto
-            vectors, keys, groups, alive0 = self._vectors, self._keys, self._groups, self._alive[:n0].copy()
-        live = np.flatnonzero(alive0)
-        m, m_sealed = int(live.size), int(np.searchsorted(live, sealed0))
-        capacity = max(1024, m + 8 * self.config.buffer_max)
-        new_vectors = np.empty((capacity, self.dim), dtype=np.float32)
-        for lo in range(0, m, 8192):  # in chunks, handing the GIL over between them
-            np.take(vectors, live[lo : lo + 8192], axis=0, out=new_vectors[lo : min(m, lo + 8192)])
-            time.sleep(0)
-        new_keys, new_groups = np.empty(capacity, np.int64), np.empty(capacity, np.int64)
-        new_keys[:m], new_groups[:m] = keys[live], groups[live]
-        segment = build_segment(new_vectors[:m_sealed], np.ones(m_sealed, dtype=bool), 0, self.spec, self.directory)
-        slot_of = dict(zip(new_keys[:m].tolist(), range(m), strict=True))
-        with self._lock:
-            tail = self._n - n0
-            if m + tail > capacity:
-                return  # a huge batch arrived meanwhile; try again at the next compact
-            cur_vectors, cur_keys, cur_groups, cur_alive = self._vectors, self._keys, self._groups, self._alive
-            new_alive = np.zeros(capacity, dtype=bool)
-            new_alive[:m] = cur_alive[live]
-            for i in np.flatnonzero(~new_alive[:m]).tolist():  # removed while we were building
-                key = int(new_keys[i])
-                if slot_of.get(key) == i:
-                    del slot_of[key]
-            new_vectors[m : m + tail] = cur_vectors[n0 : self._n]
-            new_keys[m : m + tail], new_groups[m : m + tail] = cur_keys[n0 : self._n], cur_groups[n0 : self._n]
-            new_alive[m : m + tail] = cur_alive[n0 : self._n]
-            for offset in np.flatnonzero(new_alive[m : m + tail]).tolist():
-                slot_of[int(new_keys[m + offset])] = m + offset
-            self._vectors, self._keys, self._groups, self._alive = new_vectors, new_keys, new_groups, new_alive
-            self._n, self._sealed_upto, self._segments, self._slot_of = m + tail, m_sealed, (segment,), slot_of
-            self._stats["vacuums"] += 1
+            if self._table.adopt(compacted):  # else a huge batch arrived meanwhile: next compact
+                self._sealed_upto, self._segments = rows, (segment,)
+                self._stats["vacuums"] += 1
 
     # ---- persistence, statistics ---------------------------------------------------------------
 
@@ -528,9 +402,7 @@ class VectorIndex:
             return
         with self._save_lock:
             with self._lock:
-                n = self._n
-                arrays: dict[str, np.ndarray] = {"vectors": self._vectors[:n], "keys": self._keys[:n], "groups": self._groups[:n],
-                          "alive": self._alive[:n].copy()}
+                arrays = self._table.arrays()
                 segments = self._segments
                 calibration = dict(self._calibration)
             keep = save_index(self.directory, self.dim, self.spec, arrays, segments, watermark, calibration)
@@ -542,18 +414,9 @@ class VectorIndex:
                 remove_unreferenced(self.directory, keep)
 
     def _restore(self, loaded: SavedIndex) -> None:
-        n = loaded.keys.shape[0]
         self._clear()
-        self._resize(max(1024, n + 8 * self.config.buffer_max))
-        self._vectors[:n], self._keys[:n], self._groups[:n] = loaded.vectors, loaded.keys, loaded.groups
-        self._alive[:n] = loaded.alive
-        self._n, self._sealed_upto, self._segments = n, loaded.sealed_upto, loaded.segments
-        live = np.flatnonzero(loaded.alive)
-        self._slot_of = dict(zip(loaded.keys[live].tolist(), live.tolist(), strict=True))
-        if len(self._slot_of) != live.size:
-            raise ValueError("duplicate live keys")
-        values, counts = np.unique(loaded.groups[live], return_counts=True)
-        self._group_live = dict(zip(values.tolist(), counts.tolist(), strict=True))
+        self._table.restore(loaded, 8 * self.config.buffer_max)
+        self._sealed_upto, self._segments = loaded.sealed_upto, loaded.segments
         self.watermark = loaded.watermark
         self._calibration = loaded.calibration
         if loaded.calibration:
@@ -562,10 +425,11 @@ class VectorIndex:
 
     def statistics(self) -> dict[str, object]:
         with self._lock:
+            t = self._table
             out: dict[str, object] = {
-                "items": len(self._slot_of), "slots": self._n, "buffer": self._n - self._sealed_upto,
-                "segments": [s.items for s in self._segments], "tombstones": self._n - len(self._slot_of),
-                "groups": len(self._group_live), "dim": self.dim,
+                "items": len(t), "slots": t.n, "buffer": t.n - self._sealed_upto,
+                "segments": [s.items for s in self._segments], "tombstones": t.dead,
+                "groups": len(t.group_live), "dim": self.dim,
             }
         out.update(self._stats)
         out["budget"] = self._budget if self._budget is not None else "exact"
