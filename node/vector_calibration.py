@@ -102,8 +102,6 @@ def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[flo
             if not known:
                 seconds, recall = measure(budget, probes[hi])
                 if recall < goal:
-                    if seconds >= exact_s:
-                        break  # and a bigger budget costs more than an exact scan at this probe
                     continue  # even the widest probe misses: only a bigger budget can help
                 found = (seconds, recall)
             lo = 0

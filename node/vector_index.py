@@ -35,11 +35,11 @@ from node.vector_segment import (
     remove_unreferenced,
     save_index,
 )
+from node.vector_select import Accept, select_hits
 from node.vector_slots import SlotTable
 
 log = logging.getLogger(__name__)
 
-Accept = Callable[[np.ndarray], np.ndarray]
 RebuildSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
 
 
@@ -227,7 +227,7 @@ class VectorIndex:
             if group_arr is not None:
                 mask &= np.isin(view.groups[slots], group_arr)
             slots = slots[mask]
-            hits = _select(view.keys[slots], view.vectors[slots] @ q, k, accept, cfg.accept_batch)
+            hits = select_hits(view.keys[slots], view.vectors[slots] @ q, k, accept, cfg.accept_batch)
             if len(hits) >= k:
                 return SearchResult(hits, False)
             self._stats["retries"] += 1
@@ -269,7 +269,7 @@ class VectorIndex:
         else:  # most rows qualify: one contiguous matrix-vector product beats a gather
             slots = np.flatnonzero(mask)
             scores = (view.vectors[: view.n] @ q)[slots]
-        return SearchResult(_select(view.keys[slots], scores, k, accept, self.config.accept_batch), True)
+        return SearchResult(select_hits(view.keys[slots], scores, k, accept, self.config.accept_batch), True)
 
     # ---- sealing, compaction ------------------------------------------------------------------
 
@@ -441,46 +441,3 @@ class VectorIndex:
 def _fetch(fetch: int, k: int, budget: float) -> float:
     """Candidates re-ranked exactly for a top-``k`` at ``budget``: never fewer than 2k."""
     return max(max(fetch, k) * budget, 2.0 * k)
-
-
-def _select(keys: np.ndarray, scores: np.ndarray, k: int, accept: Accept | None, batch: int) -> list[tuple[int, float]]:
-    """Best ``k`` (key, score) by score (ties by key) among those ``accept`` keeps.
-
-    Ranks progressively (argpartition on a growing prefix) so a selective ``accept`` on many
-    candidates does not sort them all; each candidate is offered to ``accept`` at most once.
-    """
-    total = scores.shape[0]
-    if total == 0:
-        return []
-    if accept is None:
-        top = _top(keys, scores, min(k, total))
-        return list(zip(keys[top].tolist(), scores[top].astype(float).tolist(), strict=True))
-    chosen: list[int] = []
-    offered = np.zeros(total, dtype=bool)
-    width = min(total, max(2 * k, batch))
-    while True:
-        top = _top(keys, scores, width)
-        top = top[~offered[top]]
-        offered[top] = True
-        for lo in range(0, top.size, batch):
-            part = top[lo : lo + batch]
-            mask = np.asarray(accept(keys[part]), dtype=bool)
-            chosen.extend(part[mask].tolist())
-            if len(chosen) >= k:
-                break
-        if len(chosen) >= k or width >= total:
-            break
-        width = min(total, width * 4)
-    picked = np.asarray(chosen, dtype=np.intp)
-    order = np.lexsort((keys[picked], -scores[picked]))[:k]
-    picked = picked[order]
-    return list(zip(keys[picked].tolist(), scores[picked].astype(float).tolist(), strict=True))
-
-
-def _top(keys: np.ndarray, scores: np.ndarray, width: int) -> np.ndarray:
-    """Indices of the ``width`` best scores, sorted by (score desc, key asc)."""
-    if width < scores.shape[0]:
-        part = np.argpartition(-scores, width - 1)[:width]
-    else:
-        part = np.arange(scores.shape[0])
-    return part[np.lexsort((keys[part], -scores[part]))]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -19,7 +19,6 @@ from crypto.errors import DimensionMismatch, InvalidArgument
 from node.vector_calibration import PROBES
 from node.vector_index import SearchResult, VectorIndex, VectorIndexConfig
 from node.vector_ivf import IvfSegment
-from node.vector_segment import SegmentSpec
 
 DIM = 32
 # recall_target=0: no calibration, so these tests exercise the ANN path even on tiny data.
@@ -356,43 +355,6 @@ class IvfIndexMatchesModel(IndexMatchesModel):
 
 IvfIndexMatchesModel.TestCase.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
 TestIvfIndexMatchesModel = IvfIndexMatchesModel.TestCase
-
-
-def ivf_spec(projection_dim: int = 8) -> SegmentSpec:
-    return SegmentSpec(n_trees=1, projection_dim=0, seed=3, ivf_rows_min=1, ivf_projection_dim=projection_dim)
-
-
-@settings(max_examples=40, deadline=None)
-@given(n=st.integers(1, 400), seed=st.integers(0, 2**16), dead=st.floats(0.0, 0.9), start=st.integers(0, 50),
-       projection_dim=st.sampled_from([0, 4, 8]))
-def test_ivf_probing_every_list_is_brute_force(n: int, seed: int, dead: float, start: int,
-                                                projection_dim: int) -> None:
-    rng = np.random.default_rng(seed)
-    data = clustered(n, DIM, seed, clusters=max(1, n // 50), rank=4)
-    alive = rng.random(n) >= dead
-    segment = IvfSegment.build(data, alive, start, ivf_spec(projection_dim))
-    assert segment.items == int(alive.sum()) and segment.stop == start + n
-    for q in unit(rng, 3):
-        slots = segment.candidates(q, n, 0, probe=1.0)
-        assert sorted(slots.tolist()) == (np.flatnonzero(alive) + start).tolist()
-        k = min(10, slots.size)
-        model = {int(s): data[s - start] for s in slots.tolist()}
-        expected = brute(model, dict.fromkeys(model, 0), q, k)
-        scores = data[slots - start] @ q
-        top = np.lexsort((slots, -scores))[:k]
-        assert slots[top].tolist() == [key for key, _ in expected]
-        # A narrower probe returns a subset of live slots, at most `count` of them.
-        some = segment.candidates(q, 7, 0, probe=0.1)
-        assert some.size <= 7 and set(some.tolist()) <= set(slots.tolist())
-
-
-def test_ivf_build_is_seeded() -> None:
-    data = clustered(3000, DIM, 5)
-    alive = np.ones(3000, dtype=bool)
-    a, b = (IvfSegment.build(data, alive, 0, ivf_spec()) for _ in range(2))
-    q = data[17]
-    assert a.lists == b.lists == round(4 * np.sqrt(3000))
-    np.testing.assert_array_equal(a.candidates(q, 50, 0, 0.1), b.candidates(q, 50, 0, 0.1))
 
 
 def test_ivf_recall_on_clustered_data() -> None:

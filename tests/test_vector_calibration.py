@@ -1,0 +1,68 @@
+"""Calibration: exact answers of sample queries, and the walk that picks the cheapest sufficient budget."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from node.vector_calibration import BUDGETS, COST_SHARE_MAX, RECALL_MARGIN, K, choose, sample_queries
+
+PROBES = (0.01, 0.02, 0.05, 0.1, 0.2, 0.3, 0.5)
+
+
+def test_sample_queries_answers_exclude_the_query_and_dead_rows() -> None:
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((500, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    alive = rng.random(500) > 0.2
+    sample = sample_queries(vectors, alive, 400, 40, seed=3)
+    assert sample.slots.size == 40 and np.all(alive[sample.slots]) and np.all(sample.slots < 400)
+    assert sample.exact_s > 0
+    for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
+        scores = vectors @ vectors[slot]
+        scores[~alive] = -np.inf
+        scores[slot] = -np.inf
+        assert sorted(truth.tolist()) == sorted(np.argsort(-scores)[:K].tolist())
+
+
+def grid(steepness: float) -> tuple[np.ndarray, np.ndarray]:
+    """A recall surface rising with probe and budget, and a U-shaped cost along its boundary."""
+    p = np.asarray(PROBES)[:, None]
+    b = np.asarray(BUDGETS)[None, :]
+    recall = 1.0 - np.exp(-steepness * p * np.sqrt(b))
+    cost = 1.0 * p + 0.01 * b  # scan share + re-rank
+    return recall, cost
+
+
+@settings(max_examples=60, deadline=None)
+@given(steepness=st.floats(1.0, 200.0), target=st.floats(0.5, 0.98), exact=st.floats(0.01, 2.0))
+def test_choose_picks_the_cheapest_sufficient_point(steepness: float, target: float, exact: float) -> None:
+    recall, cost = grid(steepness)
+    measured: list[tuple[float, float]] = []
+
+    def measure(budget: float, probe: float) -> tuple[float, float]:
+        i, j = PROBES.index(probe), BUDGETS.index(budget)
+        measured.append((budget, probe))
+        return float(cost[i, j]), float(recall[i, j])
+
+    goal = target + RECALL_MARGIN
+    feasible = (recall >= goal) & (cost < COST_SHARE_MAX * exact)
+    for surface in (recall, None):  # read off the surface, or found by measuring
+        measured.clear()
+        best, _ = choose(measure, exact, target, PROBES, surface)
+        if not feasible.any():
+            assert best is None
+            continue
+        assert best is not None and best[3] >= goal and best[0] < COST_SHARE_MAX * exact
+        # Along each budget's boundary the walk stops once costs rise by half: it finds the
+        # optimum up to that, and never a point dominated by a measured one.
+        assert best[0] <= cost[feasible].min() * 1.5 + 1e-12
+        assert len(measured) <= len(BUDGETS) * (1 + int(np.ceil(np.log2(len(PROBES))) + 1))
+
+
+def test_choose_prefers_exact_when_no_budget_is_cheap_enough() -> None:
+    recall, cost = grid(50.0)
+    best, last = choose(lambda b, p: (10.0, float(recall[PROBES.index(p), BUDGETS.index(b)])), 1.0, 0.9, PROBES,
+                        recall)
+    assert best is None and last > 0

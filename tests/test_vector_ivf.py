@@ -1,0 +1,133 @@
+"""IVF segments: probing everything is brute force, segments probed together, the recall surface."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bench.datasets import clustered
+from node.vector_ivf import IvfSegment, _best, _leading, ivf_candidates, ivf_hits
+from node.vector_segment import SegmentSpec
+
+DIM = 32
+
+
+def ivf_spec(projection_dim: int = 8, seed: int = 3) -> SegmentSpec:
+    return SegmentSpec(n_trees=1, projection_dim=0, seed=seed, ivf_rows_min=1, ivf_projection_dim=projection_dim)
+
+
+def unit(rng: np.random.Generator, n: int) -> np.ndarray:
+    x = rng.standard_normal((n, DIM)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def segments_over(data: np.ndarray, alive: np.ndarray, cuts: list[int], projection_dim: int) -> list[IvfSegment]:
+    """IVF segments over the slot ranges between ``cuts`` (as the index tiles its sealed slots)."""
+    edges = [0, *cuts, data.shape[0]]
+    return [IvfSegment.build(data[a:b], alive[a:b], a, ivf_spec(projection_dim)) for a, b in zip(edges[:-1], edges[1:], strict=True)]
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 400), seed=st.integers(0, 2**16), dead=st.floats(0.0, 0.9), start=st.integers(0, 50),
+       projection_dim=st.sampled_from([0, 4, 8]))
+def test_ivf_probing_every_list_is_brute_force(n: int, seed: int, dead: float, start: int,
+                                                projection_dim: int) -> None:
+    rng = np.random.default_rng(seed)
+    data = clustered(n, DIM, seed, clusters=max(1, n // 50), rank=4)
+    alive = rng.random(n) >= dead
+    segment = IvfSegment.build(data, alive, start, ivf_spec(projection_dim))
+    assert segment.items == int(alive.sum()) and segment.stop == start + n
+    for q in unit(rng, 3):
+        slots = segment.candidates(q, n, 0, probe=1.0)
+        assert sorted(slots.tolist()) == (np.flatnonzero(alive) + start).tolist()
+        # A narrower probe returns a subset of live slots, at most `count` of them.
+        some = segment.candidates(q, 7, 0, probe=0.1)
+        assert some.size <= 7 and set(some.tolist()) <= set(slots.tolist())
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(2, 500), seed=st.integers(0, 2**16), dead=st.floats(0.0, 0.5),
+       cut=st.floats(0.05, 0.95), projection_dim=st.sampled_from([0, 4, 8]))
+def test_segments_probed_together_cover_every_live_row(n: int, seed: int, dead: float, cut: float,
+                                                       projection_dim: int) -> None:
+    """Probing all lists of several segments at once returns each live slot once; approximate
+    scores are exact up to the residual outside the projection (exact without one)."""
+    rng = np.random.default_rng(seed)
+    data = clustered(n, DIM, seed, clusters=max(1, n // 50), rank=4)
+    alive = rng.random(n) >= dead
+    segments = segments_over(data, alive, [max(1, min(n - 1, round(cut * n)))], projection_dim)
+    for q in unit(rng, 2):
+        slots = ivf_candidates(segments, q, n, 1.0)
+        assert sorted(slots.tolist()) == np.flatnonzero(alive).tolist()
+        if projection_dim == 0 and alive.sum() > 5:  # full-width residuals: scores are exact
+            top = ivf_candidates(segments, q, 5, 1.0)
+            scores = data @ q
+            scores[~alive] = -np.inf
+            assert top.size == 5 and scores[top].min() >= np.sort(scores)[-5] - 1e-5
+
+
+@settings(max_examples=30, deadline=None)
+@given(n=st.integers(20, 600), seed=st.integers(0, 2**16), cut=st.floats(0.1, 0.9))
+def test_recall_surface_counts_what_the_candidates_return(n: int, seed: int, cut: float) -> None:
+    """ivf_hits (one scan per query) equals running ivf_candidates at every (probe, count)."""
+    rng = np.random.default_rng(seed)
+    data = clustered(n, DIM, seed, clusters=max(2, n // 40), rank=4)
+    alive = rng.random(n) >= 0.1
+    segments = segments_over(data, alive, [round(cut * n)], 4)
+    probes, counts = (0.02, 0.1, 0.3, 1.0), (1, 5, 20, n)
+    for q in unit(rng, 2):
+        scores = data @ q
+        scores[~alive] = -np.inf
+        truth = np.argsort(-scores)[: min(10, int(alive.sum()))]
+        surface = ivf_hits(segments, q, truth, probes, counts)
+        for i, probe in enumerate(probes):
+            for j, count in enumerate(counts):
+                got = ivf_candidates(segments, q, count, probe)
+                assert surface[i, j] == np.isin(truth, got).sum(), (probe, count)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), lists=st.integers(1, 300), probe=st.floats(0.0, 0.99))
+def test_probed_lists_are_the_shortest_prefix_by_rank_covering_the_share(seed: int, lists: int, probe: float) -> None:
+    rng = np.random.default_rng(seed)
+    rank = rng.standard_normal(lists)
+    sizes = rng.integers(0, 50, lists) * (rng.random(lists) < 0.9)  # some lists empty, one maybe huge
+    sizes[rng.integers(lists)] += rng.integers(0, 2000)
+    chosen = _leading(rank, sizes, probe)
+    order = np.argsort(-rank, kind="stable")
+    covered = np.cumsum(sizes[order])
+    expected = int(np.searchsorted(covered, max(1.0, probe * sizes.sum()))) + 1
+    assert chosen.tolist() == sorted(order[:expected].tolist())
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**16), total=st.integers(0, 20_000), count=st.integers(1, 600))
+def test_best_keeps_exactly_the_top_count(seed: int, total: int, count: int) -> None:
+    scores = np.random.default_rng(seed).standard_normal(total).astype(np.float32)
+    picked = _best(scores, count)
+    assert picked.size == min(count, total) and np.unique(picked).size == picked.size
+    if 0 < picked.size < total:
+        assert scores[picked].min() >= np.sort(scores)[total - picked.size]
+
+
+def test_ivf_build_is_seeded() -> None:
+    data = clustered(3000, DIM, 5)
+    alive = np.ones(3000, dtype=bool)
+    a, b = (IvfSegment.build(data, alive, 0, ivf_spec()) for _ in range(2))
+    q = data[17]
+    assert a.lists == b.lists == round(4 * np.sqrt(3000))
+    np.testing.assert_array_equal(a.candidates(q, 50, 0, 0.1), b.candidates(q, 50, 0, 0.1))
+
+
+def test_small_probe_finds_neighbours_on_clustered_data() -> None:
+    data = clustered(6200, 64, 3)
+    base, queries = data[:6000], data[6000:]
+    segments = [IvfSegment.build(base[a:b], np.ones(b - a, dtype=bool), a, ivf_spec(16)) for a, b in
+                ((0, 4000), (4000, 6000))]
+    found = 0
+    for q in queries:
+        slots = ivf_candidates(segments, q, 100, 0.05)
+        truth = np.argsort(-(base @ q))[:10]
+        found += int(np.isin(truth, slots).sum())
+    assert found / (10 * len(queries)) >= 0.95
