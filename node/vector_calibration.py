@@ -26,6 +26,7 @@ BUDGETS = tuple(1.5**i for i in range(-4, 11))  # 0.2 .. 57.7
 # Sampled recall must clear the target by this much: recall@10 of 200 queries has a standard
 # error of ~0.005-0.01 (queries of one topic are correlated).
 RECALL_MARGIN = 0.01
+_GAIN_MIN = 0.1
 _BATCH = 32  # sample queries answered per matrix product
 _TIMED = 16  # exact scans timed
 # An ANN budget must cost under this share of an exact scan to be chosen over exact search:
@@ -35,7 +36,8 @@ COST_SHARE_MAX = 0.5
 Measure = Callable[[float, float], tuple[float, float]]  # (budget, probe) -> (seconds/query, recall@10)
 # (query, budget, probe) -> candidate slots, the buffer's included, as the index's search makes them
 Candidates = Callable[[np.ndarray, float, float], np.ndarray]
-_TIMING_QUERIES = 64  # queries timed per point when the recall comes from the surface
+_TIMING_QUERIES = 32  # queries timed per point when the recall comes from the surface
+_NARROW_PROBE = 0.1  # the recall surface is first computed for probes up to this share
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,11 +60,10 @@ def sample_queries(vectors: np.ndarray, alive: np.ndarray, pool_upto: int, count
     truth: list[np.ndarray] = []
     for lo in range(0, slots.size, _BATCH):
         part = slots[lo : lo + _BATCH]
-        scores = vectors @ vectors[part].T
-        scores[~alive] = -np.inf
-        scores[part, np.arange(part.size)] = -np.inf
-        for column in range(part.size):
-            truth.append(np.argpartition(-scores[:, column], K)[:K])
+        scores = vectors[part] @ vectors.T  # (queries, rows): each query's scores contiguous
+        scores[:, ~alive] = -np.inf
+        scores[np.arange(part.size), part] = -np.inf
+        truth.extend(np.argpartition(-scores, K, axis=1)[:, :K])
         time.sleep(0)  # a calibration must not starve the event loop either
     started = time.perf_counter()
     for slot in slots[:_TIMED].tolist():
@@ -82,13 +83,16 @@ def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[flo
     the budget grows: for each budget, it is read off the surface or found by a binary search
     below the previous budget's. Cost is U-shaped along that boundary (wide probes at small
     budgets, then big re-ranks), so the walk stops once a boundary point costs half again the
-    best, or the probe is the least.
+    best, three in a row gain nothing on it, or the probe is the least. A bigger budget must be
+    _GAIN_MIN cheaper to replace the best: timings are noisy, and smaller re-ranks are the
+    safer choice when costs tie (fixed per-query costs dominate small indexes).
     """
     goal = target + RECALL_MARGIN
     best: tuple[float, float, float, float] | None = None
     recall = 0.0
     hi = len(probes) - 1  # smallest probe index known to reach the goal (at a smaller budget) or the last
     known = False
+    stale = 0  # boundary points in a row since the best that were no real gain on it
     for fi, budget in enumerate(BUDGETS):
         found: tuple[float, float] | None = None  # (seconds, recall) at probe index hi
         if surface is not None:
@@ -117,11 +121,24 @@ def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[flo
                 recall = found[1]
         known = True
         seconds, recall = found
-        if seconds < exact_s * COST_SHARE_MAX and (best is None or seconds < best[0]):
-            best = (seconds, budget, probes[hi], recall)
-        if hi == 0 or (best is not None and seconds > 1.5 * best[0]):
+        if seconds < exact_s * COST_SHARE_MAX and (best is None or seconds < best[0] * (1 - _GAIN_MIN)):
+            best, stale = (seconds, budget, probes[hi], recall), 0
+        elif best is not None:
+            stale += 1
+        if hi == 0 or stale >= 3 or (best is not None and seconds > 1.5 * best[0]):
             break
     return best, recall
+
+
+def _surface(ivf: Sequence[IvfSegment], vectors: np.ndarray, sample: Sample, sealed_upto: int,
+             probes: Sequence[float], counts: Sequence[int]) -> np.ndarray:
+    """Sampled recall of ivf_candidates at every (probe, count), the exact buffer's rows included."""
+    hits = np.zeros((len(probes), len(counts)))
+    for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
+        hits += ivf_hits(ivf, vectors[slot], truth, probes, counts)
+        hits += np.count_nonzero(truth >= sealed_upto)  # buffer rows are scored exactly
+        time.sleep(0)
+    return hits / (K * sample.slots.size)
 
 
 def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments: Sequence[SegmentLike],
@@ -139,12 +156,13 @@ def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments
     surface = None
     if ivf and len(ivf) == len(segments):
         counts = [max(16, math.ceil(fetch(budget))) for budget in BUDGETS]
-        hits = np.zeros((len(PROBES), len(BUDGETS)))
-        for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
-            hits += ivf_hits(ivf, vectors[slot], truth, PROBES, counts)
-            hits += np.count_nonzero(truth >= sealed_upto)  # buffer rows are scored exactly
-            time.sleep(0)
-        surface = hits / (K * sample.slots.size)
+        goal = target + RECALL_MARGIN
+        # Narrow probes first (a scan of 10% of the rows per query): most data needs no more,
+        # and then no wider probe can be cheaper than a bigger re-rank at a narrow one.
+        narrow = sum(1 for p in PROBES if p <= _NARROW_PROBE)
+        surface = _surface(ivf, vectors, sample, sealed_upto, PROBES[:narrow], counts)
+        if not (surface >= goal).any():
+            surface = np.vstack((surface, _surface(ivf, vectors, sample, sealed_upto, PROBES[narrow:], counts)))
 
     def measure(budget: float, probe: float) -> tuple[float, float]:
         chosen = list(zip(sample.slots.tolist(), sample.truth, strict=True))

@@ -4,11 +4,12 @@ Owns the live vectors (by integer key, with a group code), candidate generation,
 filtering with over-fetch, sealing/compaction and persistence; it must not know about SQLite,
 namespaces or text (the node maps keys to rows and passes ``accept`` for metadata filters).
 
-Layout: slots are rows of append-only arrays. Slots ``[0, sealed_upto)`` are covered by adjacent
-segments (an annoy forest, or IVF lists when large, over its slot range), ``[sealed_upto, n)`` is the buffer searched
-exactly. Removing a key only clears its ``alive`` bit (a tombstone until a rebuild drops it);
-re-adding a key appends a new slot. Heavy work (builds, vacuum copies) runs outside ``_lock``;
-searches take ``_lock`` only to copy a few references, and swaps are reference assignments.
+Layout: slots are rows of append-only arrays (node/vector_slots.py). Slots ``[0, sealed_upto)``
+are covered by adjacent segments (IVF lists, node/vector_ivf.py, or an annoy forest when small),
+``[sealed_upto, n)`` is the buffer searched exactly. Removing a key only clears its ``alive`` bit
+(a tombstone until a rebuild drops it); re-adding a key appends a new slot. Heavy work (builds,
+vacuum copies, calibration) runs outside ``_lock``; searches take ``_lock`` only to copy a few
+references, and swaps are reference assignments.
 """
 
 from __future__ import annotations
@@ -45,17 +46,18 @@ RebuildSource = Callable[[], Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 @dataclass(frozen=True, slots=True)
 class VectorIndexConfig:
-    """Tuning of one index; defaults measured on 100k x 384 clustered vectors (bench/search.py)."""
+    """Tuning of one index; defaults measured on 100k x 384 clustered vectors and stdlib text
+    passages (bench/search.py)."""
 
     buffer_max: int = 4096  # buffered (exactly searched) rows before needs_seal(): ~0.6 ms scan at 384 dims
     n_trees: int = 20  # annoy trees per segment: recall rises with trees, build time linearly
     projection_dim: int = 64  # annoy runs on a per-segment PCA to this many dims (0: full vectors)
     search_k_per_item: float = 0.08  # annoy nodes inspected per query, as a fraction of sealed rows
     search_k_min: int = 1500  # ... but at least this many (small indexes are nearly exhaustive)
-    fetch: int = 300  # annoy candidates re-ranked exactly per query (split across segments)
+    fetch: int = 300  # candidates re-ranked exactly per query at budget 1 (split across segments)
     overfetch: float = 2.0  # extra candidate factor when groups/accept filter part of the results
     fetch_growth: int = 4  # a filtered search that found fewer than k retries with fetch x this
-    exact_subset_max: int = 8192  # allowed rows at or below this are searched exactly, no annoy
+    exact_subset_max: int = 8192  # allowed rows at or below this are searched exactly, no ANN
     accept_batch: int = 256  # keys per accept() call
     segments_max: int = 8  # more segments than this are merged (each costs per-query overhead)
     merge_ratio: float = 0.5  # merge a segment into its older neighbour once it is this fraction of it
@@ -65,7 +67,9 @@ class VectorIndexConfig:
     calibration_queries: int = 200  # stored vectors used as sample queries (their own hit excluded)
     seed: int = 1  # annoy, k-means, PCA sampling and calibration seed: same inputs -> same segments
     ivf_rows_min: int = 4096  # segments built over at least this many live rows are IVF (0: annoy only):
-    # k-means lists, rows scored as list mean + projected residual, exact re-rank of the best `fetch` x budget
+    # k-means lists, rows scored as list mean + projected residual, exact re-rank of the best `fetch` x budget.
+    # At 4096 (a full buffer) every sealed segment is IVF: annoy on text needed a 5x larger budget,
+    # and one kind of segment lets calibration read recall off one scan per query
     ivf_projection_dim: int = 128  # width of the IVF segments' residual copy (0: full width)
     ivf_lists_per_sqrt: float = 4.0  # k-means lists per sqrt(rows) of an IVF segment: finer lists cover
     # more true neighbours per row scanned, but cost more k-means work and more per-list calls per query
@@ -304,8 +308,10 @@ class VectorIndex:
         with self._lock:
             live, sealed = len(self._table), self._sealed_upto
         last = self._calibration.get("live", 0.0)
+        # Every 1.5x (not 1.25x): a calibration costs ~1-2 s of a core at 30-100k rows, and
+        # probes are shares of rows, so the chosen budget drifts little as the index grows.
         return (cfg.recall_target > 0 and live > cfg.exact_subset_max and sealed > 4 * K
-                and not (last and 0.8 < live / last < 1.25))
+                and not (last and 1 / 1.5 < live / last < 1.5))
 
     def compact(self) -> None:
         """Merge segments until the policy is met and drop tombstones (heavy: worker thread)."""
@@ -330,7 +336,7 @@ class VectorIndex:
         """Pick the cheapest measured ANN budget (fetch multiplier and, with IVF segments, share of
         rows probed) whose recall@10 on sample queries reaches ``recall_target``, or exact search
         (node/vector_calibration.py). Runs after builds (worker thread); skipped unless the live
-        count changed by over 25%."""
+        count changed by a factor of 1.5."""
         if not (force or self._calibration_due()):
             return
         cfg = self.config

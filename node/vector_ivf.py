@@ -221,7 +221,8 @@ def ivf_hits(segments: Sequence[IvfSegment], query: np.ndarray, truth: np.ndarra
 
     A probe takes a prefix of the lists in rank order, and a truth row is returned iff its list is
     in the prefix and fewer than ``count`` rows of the prefix score above it: so scanning the
-    widest prefix once, in rank order, answers every cell (calibration's recall surface)."""
+    widest prefix once, noting each row's list position in the ranking, answers every cell
+    (calibration's recall surface)."""
     live = [seg for seg in segments if seg.items]
     out = np.zeros((len(probes), len(counts)), dtype=np.int64)
     if not live:
@@ -231,27 +232,27 @@ def ivf_hits(segments: Sequence[IvfSegment], query: np.ndarray, truth: np.ndarra
     sizes = np.concatenate([np.diff(seg._bounds) for seg in live])
     best = np.argsort(-np.concatenate([r[2] for r in ranked]), kind="stable")
     covered = np.cumsum(sizes[best])
-    probed = [best.size if p >= 1.0 else int(np.searchsorted(covered, max(1.0, p * covered[-1]))) + 1
-              for p in probes]
-    widest = max(probed)
-    scores = np.empty(int(covered[widest - 1]), dtype=np.float32)
-    slots = np.empty(scores.size, dtype=np.int64)
-    at = 0
-    for g in best[:widest].tolist():  # list by list, in rank order
-        i = int(np.searchsorted(first, g, side="right")) - 1
-        seg, j = live[i], g - int(first[i])
-        lo, hi = int(seg._bounds[j]), int(seg._bounds[j + 1])
-        np.dot(seg._copy[lo:hi], ranked[i][1], out=scores[at : at + hi - lo])
-        scores[at : at + hi - lo] += ranked[i][0][j]
-        slots[at : at + hi - lo] = seg._slots[lo:hi]
-        at += hi - lo
-    prefix = covered[np.asarray(probed) - 1]  # rows scanned by each probe
+    probed = np.asarray([best.size if p >= 1.0 else int(np.searchsorted(covered, max(1.0, p * covered[-1]))) + 1
+                         for p in probes])
+    widest = int(probed.max())
+    position = np.full(best.size, widest, dtype=np.int64)  # each list's place in the ranking
+    position[best[:widest]] = np.arange(widest)
+    chosen = np.sort(best[:widest])
+    scores, places, slots = [], [], []
+    for i, seg in enumerate(live):
+        lists = chosen[(chosen >= first[i]) & (chosen < first[i + 1])] - first[i]
+        if lists.size:
+            part, to_slots = seg._scan(ranked[i][0], ranked[i][1], lists)
+            scores.append(part)
+            places.append(np.repeat(position[lists + first[i]], np.diff(seg._bounds)[lists]))
+            slots.append(to_slots(np.arange(part.size)))
+    score, place = np.concatenate(scores), np.concatenate(places)
     need = np.asarray(counts)
-    for position in np.flatnonzero(np.isin(slots, truth)).tolist():
-        above = np.cumsum(scores > scores[position])  # rows of each prefix scoring above this one
-        inside = prefix > position
-        rank = above[np.minimum(prefix, above.size) - 1]
-        out += inside[:, None] & (rank[:, None] < need[None, :])
+    for row in np.flatnonzero(np.isin(np.concatenate(slots), truth)).tolist():
+        # Rows scoring above this one, by the ranking place of their list: those in a probe's prefix.
+        above = np.cumsum(np.bincount(place[score > score[row]], minlength=widest))
+        rank = above[probed - 1]
+        out += (place[row] < probed)[:, None] & (rank[:, None] < need[None, :])
     return out
 
 
