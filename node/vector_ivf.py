@@ -21,7 +21,7 @@ from node.vector_segment import Segment, SegmentSpec, _fingerprint, _fit_pca, _y
 # Rows per matrix product while building: BLAS releases the GIL, but argmax/argsort on the
 # (rows x lists) scores do not; 2048 x 1264 of them take ~1-2 ms.
 _CHUNK_ROWS = 2048
-_KMEANS_ITERATIONS = 6  # 10 gave the same recall on stdlib text and clustered data
+_KMEANS_ITERATIONS = 4  # 6 or 10 gave the same recall on stdlib text (a third more build time)
 # k-means runs on a sample: 40 rows per list (at least 30k) place the centroids well enough
 # (24-32 rows per list cost ~0.01-0.03 recall@10 at equal scan on stdlib text). It runs on the
 # full vectors: on a PCA view, small tight groups whose directions the top axes miss (doctests

@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from node.vector_calibration import BUDGETS, COST_SHARE_MAX, PROBES, RECALL_MARGIN, K, choose, sample_queries
+from node.vector_calibration import (
+    BUDGETS,
+    COST_SHARE_MAX,
+    PROBES,
+    RECALL_MARGIN,
+    K,
+    Surface,
+    _surface,
+    choose,
+    sample_queries,
+)
+from node.vector_ivf import IvfSegment
+from node.vector_segment import SegmentSpec
 
 
 def test_sample_queries_answers_exclude_the_query_and_dead_rows() -> None:
@@ -46,7 +59,8 @@ def test_choose_picks_the_cheapest_sufficient_point(steepness: float, target: fl
 
     goal = target + RECALL_MARGIN
     feasible = (recall >= goal) & (cost < COST_SHARE_MAX * exact)
-    for surface in (recall, None):  # read off the surface, or found by measuring
+    # Read off a surface (whose lower bound is the recall less the margin), or found by measuring.
+    for surface in (Surface(recall, recall - RECALL_MARGIN), None):
         measured.clear()
         best, _ = choose(measure, exact, target, PROBES, surface)
         if not feasible.any():
@@ -59,8 +73,25 @@ def test_choose_picks_the_cheapest_sufficient_point(steepness: float, target: fl
         assert len(measured) <= len(BUDGETS) * (1 + int(np.ceil(np.log2(len(PROBES))) + 1))
 
 
+def test_surface_bound_is_two_standard_errors_below_the_mean() -> None:
+    rng = np.random.default_rng(2)
+    vectors = rng.standard_normal((3000, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    segment = IvfSegment.build(vectors, np.ones(3000, dtype=bool), 0, SegmentSpec(1, 0, 1, 1, 8))
+    sample = sample_queries(vectors, np.ones(3000, dtype=bool), 3000, 60, seed=1)
+    surface = _surface([segment], vectors, sample, 3000, (0.05, 1.0), (10, 3000))
+    assert surface.mean[1, 1] == 1.0 and surface.lower[1, 1] == 1.0 - 0.005  # everything scanned: exact
+    per_query = []
+    for slot, truth in zip(sample.slots.tolist(), sample.truth, strict=True):
+        got = segment.candidates(vectors[slot], 10, 0, 0.05)
+        per_query.append(np.isin(truth, got).mean())
+    assert surface.mean[0, 0] == pytest.approx(np.mean(per_query))
+    bound = np.mean(per_query) - 2 * np.std(per_query, ddof=1) / np.sqrt(len(per_query))
+    assert surface.lower[0, 0] == pytest.approx(min(bound, np.mean(per_query) - 0.005))
+
+
 def test_choose_prefers_exact_when_no_budget_is_cheap_enough() -> None:
     recall, cost = grid(50.0)
     best, last = choose(lambda b, p: (10.0, float(recall[PROBES.index(p), BUDGETS.index(b)])), 1.0, 0.9, PROBES,
-                        recall)
+                        Surface(recall, recall - RECALL_MARGIN))
     assert best is None and last > 0
