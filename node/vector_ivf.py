@@ -44,8 +44,9 @@ class IvfSegment:
     ``q.m_j + (q @ B).((x - m_j) @ B)``: the list mean carries the coarse part of every score
     exactly, so the projection only approximates what is left (which ranks far better than a PCA
     of x of the same width). Lists are probed in order of ``q.m_j + z * sd_j(q)`` (sd_j: spread of
-    the list's scores along q, from per-list variances on the axes) until ``probe`` of the rows
-    are covered. Immutable; ``candidates`` may run in many threads at once.
+    the list's scores along q, from the list's mean square residual per dimension on and off the
+    axes; per-axis variances ranked no better on text) until ``probe`` of the rows are covered.
+    Immutable; ``candidates`` may run in many threads at once.
     """
 
     kind = "ivf"
@@ -101,8 +102,8 @@ class IvfSegment:
         """(q.m_j per list, q on the axes, optimistic score of each list's best rows)."""
         near = self._means @ query
         point = query if self._basis is None else query @ self._basis
-        outside = max(0.0, 1.0 - float(point @ point))
-        return near, point, near + _SPREAD_Z * np.sqrt(self._spread @ (point * point) + self._rest * outside)
+        on = float(point @ point)
+        return near, point, near + _SPREAD_Z * np.sqrt(self._spread * on + self._rest * max(0.0, 1.0 - on))
 
     def _scan(self, near: np.ndarray, point: np.ndarray, lists: np.ndarray) -> tuple[np.ndarray, Callable[[np.ndarray], np.ndarray]]:
         """Approximate scores of the rows of ``lists`` (sorted), and a map from positions in them to slots."""
@@ -157,7 +158,7 @@ class IvfSegment:
             basis = npz["basis"] if meta["projected"] else None
         start, stop, dim = int(meta["start"]), int(meta["stop"]), vectors.shape[1]
         nlist, width = means.shape[0], dim if basis is None else spec.ivf_projection_dim
-        if (means.shape != (nlist, dim) or spread.shape != (nlist, width) or rest.shape != (nlist,)
+        if (means.shape != (nlist, dim) or spread.shape != (nlist,) or rest.shape != (nlist,)
                 or bounds.shape != (nlist + 1,) or bounds[0] != 0 or bounds[-1] != slots.size
                 or np.any(np.diff(bounds) < 0) or slots.size != int(meta["items"])
                 or (slots.size and (slots.min() < start or slots.max() >= stop)) or stop > vectors.shape[0]):
@@ -372,24 +373,24 @@ def _residual_basis(vectors: np.ndarray, local: np.ndarray, lists: np.ndarray, m
 
 def _residuals(vectors: np.ndarray, local: np.ndarray, lists: np.ndarray, means: np.ndarray,
                basis: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(projected residuals of ``local`` in order, per-list mean square per axis, per-list mean
-    square per dimension outside the axes), built in GIL-yielding chunks."""
+    """(projected residuals of ``local`` in order, per-list mean square per dimension on the axes,
+    and outside them), built in GIL-yielding chunks."""
     nlist, dim = means.shape
     width = dim if basis is None else basis.shape[1]
     copy = np.empty((local.size, width), dtype=np.float32)
-    spread = np.zeros((nlist, width), dtype=np.float64)
+    spread = np.zeros(nlist, dtype=np.float64)
     rest = np.zeros(nlist, dtype=np.float64)
     for lo in range(0, local.size, _CHUNK_ROWS):
         hi = min(local.size, lo + _CHUNK_ROWS)
         residual = vectors[local[lo:hi]] - means[lists[lo:hi]]
         copy[lo:hi] = residual if basis is None else residual @ basis
-        squares = copy[lo:hi] * copy[lo:hi]
-        outside = np.einsum("ij,ij->i", residual, residual) - squares.sum(axis=1)
-        present, part = _per_list(lists[lo:hi], np.column_stack((squares, outside)), nlist)
-        spread[present] += part[:, :width]
-        rest[present] += part[:, width]
+        inside = np.einsum("ij,ij->i", copy[lo:hi], copy[lo:hi])
+        outside = np.einsum("ij,ij->i", residual, residual) - inside
+        present, part = _per_list(lists[lo:hi], np.column_stack((inside, outside)), nlist)
+        spread[present] += part[:, 0]
+        rest[present] += part[:, 1]
         _yield_gil()
     counts = np.maximum(np.bincount(lists, minlength=nlist), 1)
-    spread /= counts[:, None]
+    spread /= counts * width
     rest = np.maximum(rest, 0.0) / counts / max(1, dim - width)
     return copy, spread.astype(np.float32), rest.astype(np.float32)
