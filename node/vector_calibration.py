@@ -75,21 +75,18 @@ def sample_queries(vectors: np.ndarray, alive: np.ndarray, pool_upto: int, count
     return Sample(slots, truth, float(np.median(seconds)) if seconds else 0.0)
 
 
-def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[float],
-           surface: Surface | None = None) -> tuple[tuple[float, float, float, float] | None, float]:
+def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[float]
+           ) -> tuple[tuple[float, float, float, float] | None, float]:
     """The cheapest measured (seconds, budget, probe, recall) whose recall reaches ``target`` +
     RECALL_MARGIN at under COST_SHARE_MAX of ``exact_s`` (None: search exactly), and the last
-    recall seen. ``surface``, when given, holds the sampled recall of every grid point (IVF only)
-    and its lower confidence bound, which must reach ``target`` instead; ``measure`` is then used
-    for time alone.
+    recall measured (used when segments are not all IVF, so recall must be measured).
 
     Recall grows with both budget and probe, so the smallest sufficient probe can only shrink as
-    the budget grows: for each budget, it is read off the surface or found by a binary search
-    below the previous budget's. Cost is U-shaped along that boundary (wide probes at small
-    budgets, then big re-ranks), so the walk stops once a boundary point costs half again the
-    best, three in a row gain nothing on it, or the probe is the least. A bigger budget must be
-    _GAIN_MIN cheaper to replace the best: timings are noisy, and smaller re-ranks are the
-    safer choice when costs tie (fixed per-query costs dominate small indexes).
+    the budget grows: for each budget a binary search below the previous budget's finds it. Cost
+    is U-shaped along that boundary (wide probes at small budgets, then big re-ranks), so the walk
+    stops once a boundary point costs half again the best, three in a row gain nothing on it, or
+    the probe is the least. A bigger budget must be _GAIN_MIN cheaper to replace the best:
+    timings are noisy, and smaller re-ranks are the safer choice when costs tie.
     """
     goal = target + RECALL_MARGIN
     best: tuple[float, float, float, float] | None = None
@@ -97,32 +94,23 @@ def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[flo
     hi = len(probes) - 1  # smallest probe index known to reach the goal (at a smaller budget) or the last
     known = False
     stale = 0  # boundary points in a row since the best that were no real gain on it
-    for fi, budget in enumerate(BUDGETS):
+    for budget in BUDGETS:
         found: tuple[float, float] | None = None  # (seconds, recall) at probe index hi
-        if surface is not None:
-            hits = np.flatnonzero(surface.lower[:, fi] >= target)
-            recall = float(surface.mean[-1, fi])
-            if not hits.size:
-                continue
-            hi = int(hits[0])
-            found = (measure(budget, probes[hi])[0], float(surface.mean[hi, fi]))
-        else:
-            if not known:
-                seconds, recall = measure(budget, probes[hi])
-                if recall < goal:
-                    continue  # even the widest probe misses: only a bigger budget can help
-                found = (seconds, recall)
-            lo = 0
-            while lo < hi:  # invariant: probes[hi] reaches the goal at this budget
-                mid = (lo + hi) // 2
-                seconds, recall = measure(budget, probes[mid])
-                if recall >= goal:
-                    hi, found = mid, (seconds, recall)
-                else:
-                    lo = mid + 1
-            if found is None:  # hi was inherited and nothing below it hit: time it at this budget
-                found = measure(budget, probes[hi])
-                recall = found[1]
+        if not known:
+            seconds, recall = measure(budget, probes[hi])
+            if recall < goal:
+                continue  # even the widest probe misses: only a bigger budget can help
+            found = (seconds, recall)
+        lo = 0
+        while lo < hi:  # invariant: probes[hi] reaches the goal at this budget
+            mid = (lo + hi) // 2
+            seconds, recall = measure(budget, probes[mid])
+            if recall >= goal:
+                hi, found = mid, (seconds, recall)
+            else:
+                lo = mid + 1
+        if found is None:  # hi was inherited and nothing below it hit: time it at this budget
+            found = measure(budget, probes[hi])
         known = True
         seconds, recall = found
         if seconds < exact_s * COST_SHARE_MAX and (best is None or seconds < best[0] * (1 - _GAIN_MIN)):
@@ -132,6 +120,41 @@ def choose(measure: Measure, exact_s: float, target: float, probes: Sequence[flo
         if hi == 0 or stale >= 3 or (best is not None and seconds > 1.5 * best[0]):
             break
     return best, recall
+
+
+def choose_on_surface(time_at: Callable[[float, float], float], exact_s: float, target: float,
+                      probes: Sequence[float], counts: Sequence[int], surface: Surface
+                      ) -> tuple[tuple[float, float, float, float] | None, float]:
+    """Like ``choose`` when every grid point's recall is known: the boundary points are, for each
+    budget, the least probe whose recall bound reaches ``target``, and of budgets sharing a probe
+    only the smallest (a bigger re-rank at the same scan only costs more). Each is timed, and the
+    times are fitted to ``a * probe + b * count + c`` (the scan grows with the probe, the re-rank
+    with the count): with four or more points the fit evens out timing noise, which otherwise
+    picked probes 0.28-0.4 on text from one run to the next. The least fitted cost wins if its
+    measured time is under COST_SHARE_MAX of ``exact_s``."""
+    points: list[tuple[float, float, int, float]] = []  # budget, probe, count, recall
+    least = len(probes)
+    for fi, budget in enumerate(BUDGETS):
+        hits = np.flatnonzero(surface.lower[:, fi] >= target)
+        if hits.size and int(hits[0]) < least:
+            least = int(hits[0])
+            points.append((budget, probes[least], counts[fi], float(surface.mean[least, fi])))
+        if least == 0:
+            break
+    if not points:
+        return None, float(surface.mean[-1, -1])
+    times = np.asarray([time_at(budget, probe) for budget, probe, _, _ in points])
+    fitted = times
+    if len(points) >= 4:
+        design = np.asarray([[probe, count, 1.0] for _, probe, count, _ in points])
+        coef = np.linalg.lstsq(design, times, rcond=None)[0]
+        if coef[0] >= 0 and coef[1] >= 0:
+            fitted = design @ coef
+    i = int(np.argmin(fitted))
+    budget, probe, _, recall = points[i]
+    if times[i] >= exact_s * COST_SHARE_MAX:
+        return None, recall
+    return (float(times[i]), budget, probe, recall), recall
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,8 +197,8 @@ def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments
     sample = sample_queries(vectors, alive, sealed_upto, queries, seed)
     ivf = [s for s in segments if isinstance(s, IvfSegment)]
     surface = None
+    counts = [max(16, math.ceil(fetch(budget))) for budget in BUDGETS]
     if ivf and len(ivf) == len(segments):
-        counts = [max(16, math.ceil(fetch(budget))) for budget in BUDGETS]
         # Narrow probes first (a scan of 10% of the rows per query): most data needs no more,
         # and then no wider probe can be cheaper than a bigger re-rank at a narrow one.
         narrow = sum(1 for p in PROBES if p <= _NARROW_PROBE)
@@ -197,13 +220,13 @@ def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments
             time.sleep(0)
         return (time.perf_counter() - started) / len(chosen), found / (K * len(chosen))
 
-    def measure(budget: float, probe: float) -> tuple[float, float]:
-        queries = list(zip(sample.slots.tolist(), sample.truth, strict=True))
-        if surface is None:
-            return run(queries, budget, probe)
-        return run(queries[:_TIMING_QUERIES], budget, probe)[0], 0.0  # time alone, on a few queries
-
-    best, recall = choose(measure, sample.exact_s, target, PROBES if ivf else (fallback_probe,), surface)
+    asked = list(zip(sample.slots.tolist(), sample.truth, strict=True))
+    if surface is not None:  # time alone, on a few queries
+        best, recall = choose_on_surface(lambda b, p: run(asked[:_TIMING_QUERIES], b, p)[0], sample.exact_s,
+                                         target, PROBES, counts, surface)
+    else:
+        best, recall = choose(lambda b, p: run(asked, b, p), sample.exact_s, target,
+                              PROBES if ivf else (fallback_probe,))
     budget, probe = (round(best[1], 4), best[2]) if best else (None, fallback_probe)
     summary = {"recall": round(best[3] if best else recall, 4), "budget": budget or 0.0, "probe": probe,
                "ann_ms": round(best[0] * 1e3, 3) if best else 0.0, "exact_ms": round(sample.exact_s * 1e3, 3)}

@@ -189,9 +189,10 @@ def load_segment(directory: Path, meta: dict, vectors: np.ndarray) -> Segment | 
 def ivf_candidates(segments: Sequence[IvfSegment], query: np.ndarray, count: int, probe: float) -> np.ndarray:
     """Slots of up to ``count`` rows of ``segments``, the best by approximate score to the unit
     ``query`` among the lists probed: all segments' lists ranked together, best first, until
-    ``probe`` of their rows are covered. One budget for all segments (rather than ``probe`` of
-    each) goes where the neighbours are: segments hold rows of different periods, and a query
-    about one period finds few neighbours among the others."""
+    ``probe`` of their rows are covered. One budget over all segments (rather than ``probe`` of
+    each) lets a list compete on rank whichever segment holds it, and makes recall a function of
+    one (probe, count) grid that calibration can read off (``ivf_hits``); on stdlib text it
+    recalled as well as equal shares per segment."""
     ranked = [seg._rank(query) for seg in segments if seg.items]
     if not ranked or count <= 0:
         return np.empty(0, dtype=np.int64)
