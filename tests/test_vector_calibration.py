@@ -92,9 +92,11 @@ def test_surface_fit_evens_out_timing_noise() -> None:
     assert truth is not None
     for seed in range(20):
         jitter = np.random.default_rng(seed)
-        best, _ = choose_on_surface(
-            lambda b, p, j=jitter: float(cost[PROBES.index(p), BUDGETS.index(b)] * (1 + 0.15 * j.uniform(-1, 1))),
-            10.0, 0.9, PROBES, counts, surface)
+
+        def noisy(b: float, p: float, j: np.random.Generator = jitter) -> float:
+            return float(cost[PROBES.index(p), BUDGETS.index(b)] * (1 + 0.15 * j.uniform(-1, 1)))
+
+        best, _ = choose_on_surface(noisy, 10.0, 0.9, PROBES, counts, surface)
         assert best is not None
         assert cost[PROBES.index(best[2]), BUDGETS.index(best[1])] <= 1.05 * truth[0]
 
