@@ -75,6 +75,19 @@ class _Tally:
         self._outcome = Outcome.PENDING
         self._timed_out = False
 
+    @property
+    def outcome(self) -> Outcome:
+        return self._outcome
+
+    @property
+    def failed(self) -> dict[str, str]:
+        """Owner -> error code, for replicas given up on and not succeeded since."""
+        return dict(self._failed)
+
+    @property
+    def replicas(self) -> tuple[str, ...]:
+        return self._owners
+
     def expire(self, now: float) -> Outcome:
         """FAILED if still pending at or after the deadline."""
         if self._outcome is Outcome.PENDING and now >= self._deadline:
@@ -151,22 +164,9 @@ class WriteQuorum(_Tally):
         return self._decide_at(len(self._filled), self._w)
 
     @property
-    def outcome(self) -> Outcome:
-        return self._outcome
-
-    @property
     def acked(self) -> frozenset[str]:
         """The nodes whose acks count toward W (owners and counted stand-ins), one per filled slot."""
         return frozenset(self._filled.values())
-
-    @property
-    def failed(self) -> dict[str, str]:
-        """Owner -> error code, for slots given up on and not filled since."""
-        return dict(self._failed)
-
-    @property
-    def replicas(self) -> tuple[str, ...]:
-        return self._owners
 
     @property
     def w(self) -> int:
@@ -243,20 +243,8 @@ class ReadQuorum(_Tally, Generic[V]):
         return [rep for rep in self._owners if rep in self._answers and self._answers[rep] != merged]
 
     @property
-    def outcome(self) -> Outcome:
-        return self._outcome
-
-    @property
     def answers(self) -> dict[str, V | None]:
         return dict(self._answers)
-
-    @property
-    def failed(self) -> dict[str, str]:
-        return dict(self._failed)
-
-    @property
-    def replicas(self) -> tuple[str, ...]:
-        return self._owners
 
     @property
     def r(self) -> int:
