@@ -104,6 +104,26 @@ ALTER TABLE signals ADD COLUMN state TEXT;
 """
 
 
+# Version 3: cluster mode (node/replica_store.py). `replica_items` holds one ring.records.Record per
+# (kind, key): `key` is json.dumps(list(key)), `body` msgpack of Record.to_wire(), `dhash` its digest
+# hash as a signed 64-bit int, `tomb` 1 for a tombstone. `hints` are ring.messages.Hint rows.
+# Memories materialised from replicas carry replica=1; they are distinct ring keys, so the atomic
+# duplicate-content check applies to single-node rows only.
+REPLICAS_V3 = """
+CREATE TABLE replica_items(
+    kind TEXT NOT NULL, key TEXT NOT NULL, part INTEGER NOT NULL, dhash INTEGER NOT NULL,
+    hlc INTEGER NOT NULL, tomb INTEGER NOT NULL, body BLOB NOT NULL,
+    PRIMARY KEY(kind, key)
+);
+CREATE INDEX replica_items_by_part ON replica_items(part);
+CREATE INDEX replica_items_tombs ON replica_items(hlc) WHERE tomb = 1;
+CREATE TABLE hints(hint_id INTEGER PRIMARY KEY, owner TEXT NOT NULL, record BLOB NOT NULL, created REAL NOT NULL);
+ALTER TABLE memories ADD COLUMN replica INTEGER NOT NULL DEFAULT 0;
+DROP INDEX memories_content;
+CREATE UNIQUE INDEX memories_content ON memories(ns, content_hash) WHERE deleted = 0 AND replica = 0;
+"""
+
+
 def run_script(conn: sqlite3.Connection, script: str) -> None:
     """Run SQL statements one at a time inside the caller's transaction (`executescript` would
     COMMIT first, splitting a migration across transactions). A statement must end a line."""
@@ -136,6 +156,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "base schema", _sql(SCHEMA_V1)),
     Migration(2, "signal kinds: signals.kind and signals.state (CRDT state as canonical JSON)",
               _sql(SIGNAL_KINDS_V2)),
+    Migration(3, "cluster replicas: replica_items, hints, memories.replica (content check on local rows only)",
+              _sql(REPLICAS_V3)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

@@ -1,6 +1,7 @@
 """Effects a committed write asks the node to apply: vector index updates and change events.
 
-Plain frozen records; the storage functions create them, Service.apply_effects consumes them.
+Plain frozen records; the storage functions create them, Service.apply_effects (and, for
+DigestDelta, ReplicaStore.on_commit) consumes them.
 """
 
 from __future__ import annotations
@@ -35,3 +36,13 @@ class Change:
     ns: str
     key: str
     event: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class DigestDelta:
+    """A replica item's digest hash changed in `partition` (node/replica_store.py): subtract `removed`
+    (the superseded copy's hash; None: the item is new), add `added` (None: the item is gone)."""
+
+    partition: int
+    removed: int | None
+    added: int | None
