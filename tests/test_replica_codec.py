@@ -146,7 +146,7 @@ def test_every_replica_message_type_has_a_strategy() -> None:
     assert set(STRATEGIES) == REPLICA_MESSAGES
 
 
-@pytest.mark.parametrize("cls", sorted(STRATEGIES, key=lambda t: t.__name__), ids=lambda t: str(getattr(t, "__name__", t)))
+@pytest.mark.parametrize("cls", sorted(STRATEGIES, key=str), ids=str)
 @settings(max_examples=40, suppress_health_check=[HealthCheck.too_slow, HealthCheck.differing_executors])
 @given(data=st.data())
 def test_every_message_round_trips_through_msgpack(cls: type, data: st.DataObject) -> None:
