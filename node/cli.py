@@ -83,6 +83,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="require network admission: members must present a grant signed by this key")
     n.add_argument("--admission", type=Path, default=None, metavar="FILE",
                    help="this node's admission token (from `mnemonet admit`)")
+    n.add_argument("--cluster", action="store_true",
+                   help="cluster mode: data is partitioned over the storage members on a consistent-hash ring, "
+                        "3 replicas per key, quorum reads and writes (needs gossip)")
+    n.add_argument("--bootstrap-s", type=float, default=0.0, metavar="SECONDS",
+                   help="founding member of a new cluster: adopt placement changes without pulling data for this "
+                        "long after start (a node joining an existing cluster leaves it at 0 and pulls its share)")
 
     a = sub.add_parser("admit", help="sign a network admission grant for a node; prints the token")
     a.add_argument("--network-key", type=Path, required=True, metavar="KEYFILE",
@@ -163,10 +169,21 @@ async def _serve(args: argparse.Namespace) -> None:
     service = Service(NodeConfig(**kw), args.data, identity, operator_ids=frozenset(args.operator))
     host, port = args.listen
     transport = None if args.gossip == "off" else WebsocketTransport()
+    cluster = None
+    peer_handlers = {}
+    if args.cluster:
+        if transport is None:
+            raise SystemExit("--cluster needs gossip (not --gossip off)")
+        from node.cluster import ClusterNode
+        from node.replication import ClusterConfig
+        cluster = ClusterNode(service, network=args.network,
+                              config=ClusterConfig(bootstrap_s=args.bootstrap_s) if args.bootstrap_s else None)
+        peer_handlers = cluster.peer_handlers
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(functools.partial(
-                run_node, service, host, port, gossip_handler=transport.handle_request if transport else None))
+                run_node, service, host, port, gossip_handler=transport.handle_request if transport else None,
+                peer_handlers=peer_handlers))
             url = f"ws://{host}:{bound}"
             if transport is not None:
                 transport.local_addr = url
@@ -181,6 +198,8 @@ async def _serve(args: argparse.Namespace) -> None:
                                                 admission_token=admission, network_key=args.network_key_pub,
                                                 frame_bytes_max=transport.config.frame_bytes_max)
                 await nursery.start(service.membership.run)
+                if cluster is not None:
+                    await nursery.start(cluster.run)
             # One machine-readable line: launchers wait for it instead of polling the port.
             print(f"LISTENING {url} {identity.agent_id}", flush=True)
             async for _ in signals:

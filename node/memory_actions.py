@@ -16,6 +16,7 @@ from crypto.errors import BadSignature, InvalidArgument
 from crypto.provenance import verify_record
 from node import link_store, memory_store
 from node import validate as v
+from node.cluster_ops import consistency_of
 from node.memory_store import NewMemory, decode_cursor, encode_cursor
 from node.permissions import READ
 from node.search import compile_filter, run_search
@@ -64,6 +65,8 @@ async def memory_store_action(svc: Service, req: Request, session: Session) -> A
         expires_ms=None if ttl_s is None else now + int(ttl_s * 1000),
         author_sig=author_sig, author_pk=req.public_key if author_sig else None,
     )
+    if svc.cluster is not None:
+        return await svc.cluster.store_memory(m, consistency_of(d))
     return await svc.db.write(lambda c: memory_store.store(c, m, now))
 
 
@@ -98,6 +101,9 @@ async def memory_get_action(svc: Service, req: Request, session: Session) -> Any
     mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
     include_vector = v.boolean(req.data, "include_vector", False)
     now = svc.wall_ms()
+    if svc.cluster is not None:
+        return await svc.cluster.get_memory(req.ns or "", mid, now, consistency_of(req.data),
+                                            include_vector=include_vector)
     return await svc.db.read(lambda c: memory_store.get(c, req.ns or "", mid, now, include_vector=include_vector))
 
 
@@ -110,11 +116,14 @@ async def memory_delete_action(svc: Service, req: Request, session: Session) -> 
     # inside the write transaction so the record cannot change between check and delete.
     author = None if svc.policy.owns(req.agent_id, ns) else req.agent_id
     hlc = svc.stamp()
+    if svc.cluster is not None:
+        return await svc.cluster.delete_memory(ns, mid, hlc, now, author, consistency_of(req.data))
     return await svc.db.write(lambda c: memory_store.delete(c, ns, mid, hlc, now, author=author))
 
 
 @action("memory.list", "read")
 async def memory_list_action(svc: Service, req: Request, session: Session) -> Any:
+    svc.single_node_only(req.action)
     d = req.data
     limit = v.integer(d, "limit", 100, lo=1, hi=svc.config.page_limit_max)
     cursor = v.string(d, "cursor", None, chars_max=512)
@@ -137,6 +146,7 @@ def _link_fields(svc: Service, req: Request) -> tuple[str, str, str, str]:
 
 @action("memory.link", "write")
 async def memory_link_action(svc: Service, req: Request, session: Session) -> Any:
+    svc.single_node_only(req.action)
     from_id, to_ns, to_id, relation = _link_fields(svc, req)
     weight = v.number(req.data, "weight", 1.0, lo=-1e9, hi=1e9)
     now, hlc = svc.wall_ms(), svc.stamp()
@@ -147,6 +157,7 @@ async def memory_link_action(svc: Service, req: Request, session: Session) -> An
 
 @action("memory.unlink", "write")
 async def memory_unlink_action(svc: Service, req: Request, session: Session) -> Any:
+    svc.single_node_only(req.action)
     from_id, to_ns, to_id, relation = _link_fields(svc, req)
     return await svc.db.write(lambda c: link_store.unlink(
         c, ns=req.ns or "", from_id=from_id, to_ns=to_ns, to_id=to_id, relation=relation))
@@ -180,12 +191,34 @@ def _readable_fn(svc: Service, req: Request) -> Any:
 
 @action("memory.related", "read")
 async def memory_related_action(svc: Service, req: Request, session: Session) -> Any:
+    svc.single_node_only(req.action)
     mid = v.string(req.data, "id", chars_max=ID_CHARS_MAX)
     args = _related_args(svc, req.data)
     readable = _readable_fn(svc, req)
     now = svc.wall_ms()
 
     return await svc.db.read(lambda c: link_store.related(c, req.ns or "", mid, now_ms=now, readable=readable, **args))
+
+
+_NOT_FILTERS = frozenset(("vector", "query", "expand", "cursor", "limit", "namespaces", "embedder", "consistency"))
+
+
+async def local_search(svc: Service, body: dict[str, Any]) -> tuple[list[tuple[dict[str, Any], float]], bool]:
+    """This node's part of a search: its own records (in cluster mode, the replicas it holds). `body` is
+    the plain map a scatter carries: space, vector (float32 bytes), k, namespaces, now_ms, filter."""
+    vector = np.frombuffer(body["vector"], dtype="<f4")
+    if vector.shape != (svc.config.dim,):
+        raise InvalidArgument("vector has the wrong dimension", dim=svc.config.dim)
+    flt = compile_filter(dict(body["filter"]), int(body["now_ms"]))
+    namespaces, k = list(body["namespaces"]), int(body["k"])
+    index = svc.spaces.get(str(body["space"]))
+
+    def work(conn: Any) -> tuple[list[tuple[dict[str, Any], float]], bool]:
+        codes = [r[0] for r in conn.execute(
+            f"SELECT code FROM namespaces WHERE ns IN ({','.join('?' * len(namespaces))})", namespaces)]
+        return run_search(conn, index, vector, k=k, groups=codes, flt=flt, expiring=svc.spaces.expiring)
+
+    return await svc.db.read(work)
 
 
 @action("memory.search", "read", needs_ns=False)
@@ -211,29 +244,30 @@ async def memory_search_action(svc: Service, req: Request, session: Session) -> 
         query = v.string(d, "query", chars_max=cfg.memory_content_chars_max)
         space = svc.embedder.embedder_id
         vector = await embed_text(svc, query)
-    flt = compile_filter(d, svc.wall_ms())
+    compile_filter(d, svc.wall_ms())  # a bad filter fails here, before any scatter
     expand = d.get("expand")
     if expand is not None and not isinstance(expand, bool | dict):
         raise InvalidArgument("expand must be true/false or a map {depth, relation, direction, limit}")
     expand_args = None
     if expand is True or isinstance(expand, dict):
+        svc.single_node_only("memory.search with expand")
         expand_args = _related_args(svc, expand if isinstance(expand, dict) else {"limit": 5})
-    index = svc.spaces.get(space)
     k = offset + limit + 1  # one extra tells whether a further page exists
-
-    def work(conn: Any) -> tuple[list[tuple[dict[str, Any], float]], bool]:
-        codes = [r[0] for r in conn.execute(
-            f"SELECT code FROM namespaces WHERE ns IN ({','.join('?' * len(namespaces))})", namespaces)]
-        return run_search(conn, index, vector, k=k, groups=codes, flt=flt, expiring=svc.spaces.expiring)
-
-    found, exhaustive = await svc.db.read(work)
+    body = {"space": space, "vector": np.ascontiguousarray(vector, dtype="<f4").tobytes(), "k": k,
+            "namespaces": namespaces, "now_ms": svc.wall_ms(),
+            "filter": {f: x for f, x in d.items() if f not in _NOT_FILTERS}}
+    coverage: dict[str, Any] = {}
+    if svc.scatter is not None:
+        found, exhaustive, coverage = await svc.scatter.search(body, k)
+    else:
+        found, exhaustive = await local_search(svc, body)
     page = found[offset:offset + limit]
     hits = []
     for mem, score in page:
         mem["score"] = score
         hits.append(mem)
     out: dict[str, Any] = {"hits": hits, "truncated": len(found) > offset + limit, "exhaustive": exhaustive,
-                           "embedder": space}
+                           "embedder": space, **coverage}
     if out["truncated"]:
         out["next_cursor"] = encode_cursor(offset + limit)
     if expand_args is not None and hits:

@@ -7,7 +7,7 @@ slowness costs that connection only.
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import trio
@@ -25,9 +25,14 @@ GossipHandler = Callable[[WebSocketRequest], Awaitable[None]]
 
 
 class NodeServer:
-    def __init__(self, service: Service, gossip_handler: GossipHandler | None = None) -> None:
+    def __init__(self, service: Service, gossip_handler: GossipHandler | None = None,
+                 peer_handlers: Mapping[str, GossipHandler] | None = None) -> None:
         self.service = service
         self.gossip_handler = gossip_handler
+        # Paths served to peers, not clients (gossip, replica links): each applies its own limits.
+        self.peer_handlers: dict[str, GossipHandler] = dict(peer_handlers or {})
+        if gossip_handler is not None:
+            self.peer_handlers[GOSSIP_PATH] = gossip_handler
         self.connections = 0
         self.port = 0
 
@@ -45,12 +50,12 @@ class NodeServer:
             task_status.started(self.port)
 
     async def _accept(self, request: WebSocketRequest) -> None:
-        if self.gossip_handler is not None and request.path.split("?", 1)[0] == GOSSIP_PATH:
-            # Peers, not clients: the gossip transport applies its own connection limit.
+        peer_handler = self.peer_handlers.get(request.path.split("?", 1)[0])
+        if peer_handler is not None:
             try:
-                await self.gossip_handler(request)
+                await peer_handler(request)
             except Exception:
-                log.exception("gossip connection handler failed")
+                log.exception("peer connection handler for %s failed", request.path[:64])
             return
         if self.connections >= self.service.config.connections_max:
             await request.reject(503, body=b"too many connections")
@@ -132,12 +137,13 @@ def _encode_safely(obj: Any, binary: bool) -> bytes | str:
 
 
 async def run_node(service: Service, host: str, port: int, *, gossip_handler: GossipHandler | None = None,
+                   peer_handlers: Mapping[str, GossipHandler] | None = None,
                    task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
     """Start storage and the websocket server; report the bound port; run until cancelled.
     With a gossip_handler, connections to the `/gossip` path go to it instead of the request pipeline."""
     async with trio.open_nursery() as nursery:
         await nursery.start(service.run)
-        server = NodeServer(service, gossip_handler)
+        server = NodeServer(service, gossip_handler, peer_handlers)
         bound = await nursery.start(server.serve, host, port)
         log.info("node %s listening on ws://%s:%d", service.identity.agent_id, host, bound)
         task_status.started(bound)

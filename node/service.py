@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from crypto.envelope import Request, RequestVerifier, UnverifiedRequest, decode_request
-from crypto.errors import BadSignature, Internal, InvalidArgument, MnemonetError, UnknownAction
+from crypto.errors import BadSignature, Internal, InvalidArgument, MnemonetError, Unavailable, UnknownAction
 from crypto.grants import Grant, parse_grant, parse_revocation
 from crypto.identity import Identity
 from crypto.session import decode_session_request, is_session_frame
@@ -26,7 +26,7 @@ from node import memory_store, signal_store
 from node.changefeed import ChangeHub
 from node.config import NodeConfig
 from node.database import Database
-from node.effects import Change, IndexAdd, IndexRemove
+from node.effects import Change, DigestDelta, IndexAdd, IndexRemove
 from node.embed_batcher import EmbedBatcher
 from node.embedder import Embedder, make_embedder
 from node.permissions import AccessPolicy
@@ -36,7 +36,10 @@ from node.vector_spaces import VectorSpaces
 from ring.hlc import HybridClock
 
 if TYPE_CHECKING:
+    from node.cluster_ops import ClusterOps
     from node.membership import Membership
+    from node.replica_store import ReplicaStore
+    from node.scatter_search import ScatterSearch
 
 log = logging.getLogger("mnemonet.node")
 
@@ -96,6 +99,11 @@ class Service:
         self.identity = identity
         self.wall_ms = wall_ms
         self.membership: Membership | None = None  # set by the process when gossip runs
+        # Cluster mode (node/cluster.py sets these): client actions go through the replication
+        # coordinator and search scatters; None on a single node (the master mode).
+        self.cluster: ClusterOps | None = None
+        self.scatter: ScatterSearch | None = None
+        self.replica_store: ReplicaStore | None = None
         data_dir.mkdir(parents=True, exist_ok=True)
         self.db = Database(data_dir / "mnemonet.sqlite3", fsync=config.fsync, write_batch_max=config.write_batch_max)
         self.db.on_commit = self.apply_effects
@@ -196,6 +204,9 @@ class Service:
                 adds = []
             if isinstance(e, IndexRemove):
                 self.spaces.remove(e.space, e.rowid)
+            elif isinstance(e, DigestDelta):
+                if self.replica_store is not None:
+                    self.replica_store.on_commit([e])
             elif isinstance(e, Change):
                 self.hub.publish(e)
             elif isinstance(e, Grant):
@@ -274,6 +285,12 @@ class Service:
 
     def check(self, req: Request, ns: str, action_class: str, action: str | None = None) -> None:
         self.policy.check(req.agent_id, ns, action or req.action, action_class, self.grants_of(req), self.wall_ms())
+
+    def single_node_only(self, what: str) -> None:
+        """Actions not (yet) replicated refuse clearly in cluster mode instead of answering from one replica."""
+        if self.cluster is not None:
+            raise Unavailable(f"{what} is not available in cluster mode yet (it reads one node's data only)",
+                              action=what)
 
     def stamp(self) -> int:
         return self.clock.now(self.wall_ms())

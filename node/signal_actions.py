@@ -13,10 +13,12 @@ from crypto.envelope import Request
 from crypto.errors import Forbidden, InvalidArgument, NotFound, Resync, TooLarge
 from node import signal_store
 from node import validate as v
+from node.cluster_ops import SIGNAL_KINDS, consistency_of
 from node.service import Deferred, Service, action
 from node.session import Session
 from ring.canonical import canonical_encoding
 from ring.merge import Versioned
+from ring.records import Kind
 
 KEY_CHARS_MAX = 256
 TTL_S_MAX = 10 * 365 * 86400.0
@@ -43,6 +45,11 @@ async def signal_set(svc: Service, req: Request, session: Session) -> Any:
     if_version = v.integer(d, "if_version", None, lo=0)
     now = svc.wall_ms()
     incoming = Versioned(value, svc.stamp(), req.agent_id, False, None if ttl_s is None else now + int(ttl_s * 1000))
+    if svc.cluster is not None:
+        if if_version is not None:
+            raise InvalidArgument("if_version (compare-and-set) is exact only on a single node; in cluster mode "
+                                  "use signal.incr or signal.add, which never lose an update", field="if_version")
+        return await svc.cluster.signal_put(req.ns or "", key, incoming, consistency_of(d))
     return await svc.db.write(
         lambda c: signal_store.signal_put(c, req.ns or "", key, incoming, if_version=if_version, now_ms=now))
 
@@ -51,6 +58,11 @@ def _expiry(d: dict[str, Any], now_ms: int) -> int | None:
     # As for registers: each write sets the expiry from its own ttl_s, and a write without one clears it.
     ttl_s = v.number(d, "ttl_s", None, lo=0.001, hi=TTL_S_MAX)
     return None if ttl_s is None else now_ms + int(ttl_s * 1000)
+
+
+def _no_ttl_in_cluster(expires_ms: int | None) -> None:
+    if expires_ms is not None:
+        raise InvalidArgument("ttl_s on counters and sets is single-node only for now", field="ttl_s")
 
 
 def _elements(d: dict[str, Any]) -> list[Any]:
@@ -77,6 +89,9 @@ async def signal_incr(svc: Service, req: Request, session: Session) -> Any:
     by = v.integer(d, "by", 1)
     now = svc.wall_ms()
     expires_ms, hlc = _expiry(d, now), svc.stamp()
+    if svc.cluster is not None:
+        _no_ttl_in_cluster(expires_ms)
+        return await svc.cluster.signal_update(req.ns or "", key, Kind.COUNTER, hlc, "incr", by, consistency_of(d))
     return await svc.db.write(lambda c: signal_store.signal_incr(
         c, req.ns or "", key, by, hlc=hlc, writer=req.agent_id, expires_ms=expires_ms, now_ms=now))
 
@@ -90,6 +105,9 @@ async def signal_add(svc: Service, req: Request, session: Session) -> Any:
     expires_ms, hlc = _expiry(d, now), svc.stamp()
     # The node id and its HLC stamp make the add's tag unique across every replica.
     tag = f"{svc.identity.agent_id}:{hlc}"
+    if svc.cluster is not None:
+        _no_ttl_in_cluster(expires_ms)
+        return await svc.cluster.signal_update(req.ns or "", key, Kind.SET, hlc, "add", elements, consistency_of(d))
     return await svc.db.write(lambda c: signal_store.signal_add(
         c, req.ns or "", key, elements, tag=tag, hlc=hlc, writer=req.agent_id, expires_ms=expires_ms, now_ms=now))
 
@@ -101,6 +119,10 @@ async def signal_remove(svc: Service, req: Request, session: Session) -> Any:
     elements = _elements(d)
     now = svc.wall_ms()
     expires_ms, hlc = _expiry(d, now), svc.stamp()
+    if svc.cluster is not None:
+        _no_ttl_in_cluster(expires_ms)
+        return await svc.cluster.signal_update(req.ns or "", key, Kind.SET, hlc, "remove", elements,
+                                               consistency_of(d))
     return await svc.db.write(lambda c: signal_store.signal_remove(
         c, req.ns or "", key, elements, hlc=hlc, writer=req.agent_id, expires_ms=expires_ms, now_ms=now))
 
@@ -111,6 +133,10 @@ async def signal_delete(svc: Service, req: Request, session: Session) -> Any:
     if_version = v.integer(req.data, "if_version", None, lo=0)
     now = svc.wall_ms()
     tomb = Versioned(None, svc.stamp(), req.agent_id, True, None)
+    if svc.cluster is not None:
+        if if_version is not None:
+            raise InvalidArgument("if_version is exact only on a single node", field="if_version")
+        return await svc.cluster.signal_delete(req.ns or "", key, tomb.hlc, req.agent_id, consistency_of(req.data))
     return await svc.db.write(
         lambda c: signal_store.signal_put(c, req.ns or "", key, tomb, if_version=if_version, now_ms=now))
 
@@ -119,11 +145,17 @@ async def signal_delete(svc: Service, req: Request, session: Session) -> Any:
 async def signal_get(svc: Service, req: Request, session: Session) -> Any:
     key = v.string(req.data, "key", chars_max=KEY_CHARS_MAX)
     now = svc.wall_ms()
+    if svc.cluster is not None:
+        kind = v.string(req.data, "kind", None, chars_max=16)
+        if kind is not None and kind not in SIGNAL_KINDS:
+            raise InvalidArgument("kind is register, counter or set", field="kind")
+        return await svc.cluster.signal_get(req.ns or "", key, now, kind, consistency_of(req.data))
     return await svc.db.read(lambda c: signal_store.signal_get(c, req.ns or "", key, now))
 
 
 @action("signal.list", "read")
 async def signal_list(svc: Service, req: Request, session: Session) -> Any:
+    svc.single_node_only(req.action)
     prefix = v.string(req.data, "prefix", "", chars_max=KEY_CHARS_MAX, allow_empty=True)
     limit = v.integer(req.data, "limit", 100, lo=1, hi=svc.config.page_limit_max)
     now = svc.wall_ms()
@@ -132,6 +164,7 @@ async def signal_list(svc: Service, req: Request, session: Session) -> Any:
 
 async def _open_watch(svc: Service, req: Request, session: Session, topic: str, ns: str, key: str,
                       exact: bool) -> Deferred:
+    svc.single_node_only(req.action)
     since = v.integer(req.data, "since", None, lo=0)
     if len(session.subscriptions) >= svc.config.watches_per_connection_max:
         raise TooLarge(f"at most {svc.config.watches_per_connection_max} watches per connection",
@@ -189,6 +222,8 @@ async def state_publish(svc: Service, req: Request, session: Session) -> Any:
         raise Forbidden("an agent publishes only its own state (ns must be its agent id)")
     doc = _value(svc, req.data, "doc", svc.config.state_bytes_max)
     hlc = svc.stamp()
+    if svc.cluster is not None:
+        return await svc.cluster.state_publish(req.ns or "", doc, hlc, consistency_of(req.data))
     return await svc.db.write(lambda c: signal_store.state_publish(c, req.ns or "", doc, hlc))
 
 
@@ -203,6 +238,8 @@ def _state_target(svc: Service, req: Request) -> str:
 @action("state.get", "self", needs_ns=False)
 async def state_get(svc: Service, req: Request, session: Session) -> Any:
     agent = _state_target(svc, req)
+    if svc.cluster is not None:
+        return await svc.cluster.state_get(agent, consistency_of(req.data))
     return await svc.db.read(lambda c: signal_store.state_get(c, agent))
 
 

@@ -1,0 +1,41 @@
+"""Which members hold data, from the gossiped membership view: the storage set behind the ring's
+placement and the liveness the coordinator routes by.
+
+Owns the rule (storage role; alive and suspect members are in; dead ones stay in for a grace period,
+covered meanwhile by hints and stand-ins; members that left are out at once); it must not move data
+or talk to peers. Pure: members and `now` are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from gossip.messages import MemberView, State
+
+STORAGE_ROLE = "storage"
+
+
+@dataclass(frozen=True, slots=True)
+class StorageSet:
+    """`members`: the nodes placement spreads partitions over (sorted); `alive`: those believed up now."""
+
+    members: tuple[str, ...]
+    alive: frozenset[str]
+
+
+def storage_set(me: str, members: Iterable[MemberView], now: float, dead_grace_s: float) -> StorageSet:
+    """The storage set as `me` sees it at `now`. A dead member keeps its partitions for `dead_grace_s`
+    after it was declared dead (a restart or a short partition moves no data; hinted handoff and
+    anti-entropy cover the gap); past it the ring drops it and its partitions are re-replicated."""
+    placed: set[str] = set()
+    alive: set[str] = set()
+    for m in members:
+        if STORAGE_ROLE not in m.meta.roles and m.id != me:
+            continue
+        if m.state in (State.ALIVE, State.SUSPECT) or m.id == me:
+            placed.add(m.id)
+            alive.add(m.id)
+        elif m.state is State.DEAD and now - m.state_changed_at < dead_grace_s:
+            placed.add(m.id)
+    return StorageSet(tuple(sorted(placed)), frozenset(alive))
