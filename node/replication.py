@@ -413,7 +413,10 @@ class Replication:
                 out += [*self.ae.tick(now), *self.rb.tick(now)]
             if out:
                 self._route(out)
-            if self.rb.settled() and self.placement is not None and self._persisted is not self.placement:
+            # A lone node's placement is never recorded as settled: a newcomer sees only itself until its
+            # join completes, and must then pull its share as a newcomer, not shed "its" data to the ring.
+            if self.rb.settled() and self.placement is not None and self._persisted is not self.placement \
+                    and len(self.placement.nodes) > 1:
                 await self._persist_settled(self.placement)
             await trio.lowlevel.checkpoint()
 
@@ -432,8 +435,8 @@ class Replication:
         n = self.config.replication.n_replicas
         if self._storage is None or s.members != self._storage.members:
             new = Placement([StorageNode(m) for m in s.members], min(n, len(s.members)), self.store.partition_bits)
-            if now < self._bootstrap_until:
-                self.settled = new
+            if now < self._bootstrap_until or (len(s.members) == 1 and self.settled is None):
+                self.settled = new if len(s.members) > 1 else None
             old = self.settled or self._restored_placement() or (
                 Placement([StorageNode(m) for m in s.members if m != self.me], min(n, len(s.members) - 1),
                           self.store.partition_bits) if len(s.members) > 1 else new)
