@@ -88,17 +88,20 @@ class ClusterOps:
     async def signal_get(self, ns: str, key: str, now_ms: int, kind: str | None,
                          consistency: Consistency | int | None) -> dict[str, Any]:
         kinds = [SIGNAL_KINDS[kind]] if kind is not None else list(SIGNAL_KINDS.values())
-        found: list[dict[str, Any]] = []
+        dones: list[Done] = []
 
-        async def one(k: Kind) -> None:
-            done = _check(await self.r.read(k, (ns, key), consistency), "signal not read")
-            view = None if done.record is None else signal_view(key, done.record, now_ms)
-            if view is not None:
-                found.append(view)
+        async def one(k: Kind) -> None:  # never raises: errors are raised after the nursery, unwrapped
+            dones.append(await self.r.read(k, (ns, key), consistency))
 
         async with trio.open_nursery() as nursery:
             for k in kinds:
                 nursery.start_soon(one, k)
+        found = []
+        for done in dones:
+            _check(done, "signal not read")
+            view = None if done.record is None else signal_view(key, done.record, now_ms)
+            if view is not None:
+                found.append(view)
         if not found:
             raise NotFound(f"no signal {key!r} in namespace {ns!r}", key=key)
         return max(found, key=lambda x: int(x["version"]))
@@ -132,13 +135,17 @@ class ClusterOps:
         empty = {Kind.COUNTER: PNCounter().to_wire(), Kind.SET: ORSet().to_wire()}
         writes = [Record(Kind.REGISTER, (ns, key), Versioned(None, hlc, writer, True, None))]
         writes += [Record(k, (ns, key), {"hlc": hlc, "epoch": hlc, "deleted": True, "state": s}) for k, s in empty.items()]
+        dones: list[Done] = []
+
+        async def write(rec: Record) -> None:
+            dones.append(await self.r.write(rec, consistency))
+
         async with trio.open_nursery() as nursery:
             for rec in writes:
-                nursery.start_soon(self._write_checked, rec, consistency)
+                nursery.start_soon(write, rec)
+        for done in dones:
+            _check(done, "signal not deleted")
         return {"key": key, "deleted": True, "version": hlc}
-
-    async def _write_checked(self, rec: Record, consistency: Consistency | int | None) -> None:
-        _check(await self.r.write(rec, consistency), "signal not deleted")
 
     # ---- states ----
     async def state_publish(self, agent: str, doc: Any, hlc: int, consistency: Consistency | int | None) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from crypto.identity import Identity
 from gossip.messages import MemberView
 from node.database import Applied
 from node.peer_links import PeerLinkConfig, PeerLinks
-from node.replica_store import ReplicaStore
+from node.replica_store import COLLECT_BATCH_MAX, ReplicaStore
 from node.storage_view import StorageSet, storage_set
 from ring.antientropy import AntiEntropy
 from ring.config import ReplicationConfig
@@ -190,12 +190,20 @@ class Replication:
 
     async def write(self, record: Record, consistency: Consistency | int | None = None) -> Done:
         req = self._client_slot()
-        self._route(self.coord.write(req, record, consistency, trio.current_time()))
+        try:
+            self._route(self.coord.write(req, record, consistency, trio.current_time()))
+        except BaseException:
+            self._waiting.pop(req, None)
+            raise
         return await self._wait(req)
 
     async def read(self, kind: Kind, key: tuple[str, ...], consistency: Consistency | int | None = None) -> Done:
         req = self._client_slot()
-        self._route(self.coord.read(req, kind, key, consistency, trio.current_time()))
+        try:
+            self._route(self.coord.read(req, kind, key, consistency, trio.current_time()))
+        except BaseException:
+            self._waiting.pop(req, None)
+            raise
         return await self._wait(req)
 
     def deliver(self, src: str, msgs: list[object]) -> None:
@@ -276,7 +284,9 @@ class Replication:
                         self.stats["handler_errors"] += 1
                         log.exception("replica message %s from %s failed", type(msg).__name__, src[:12])
             if puts:
-                self._lane_send.send_nowait(("puts", src, puts))
+                bits = self.store.partition_bits
+                epochs = {p: self._drop_epoch[p] for p in (put.record.partition(bits) for put in puts)}
+                self._lane_send.send_nowait(("puts", src, puts, epochs))
             await trio.lowlevel.checkpoint()
 
     def _handle(self, src: str, msg: object) -> None:
@@ -288,7 +298,7 @@ class Replication:
             else:
                 self.links.send(src, GetReply(msg.req, self.store.get(msg.kind, msg.key)))
         elif isinstance(msg, PutAck) and is_handoff_req(msg.req):
-            self._route(self.hints.on_ack(src, msg, now))
+            self._route(self.hints.on_ack(src, msg, self._hint_now()))
         elif isinstance(msg, PutAck | GetReply):
             self._route(self.coord.handle(src, msg, now))
         elif isinstance(msg, AntiEntropyMessage):
@@ -329,7 +339,7 @@ class Replication:
                 ops += self._durable_ops(item)
                 after.append(item)
                 continue
-            _, src, puts = item
+            _, src, puts, entry_epochs = item
             keep: list[PutRecord] = []
             hinted: list[Any] = []
             own: list[Record] = []
@@ -341,8 +351,8 @@ class Replication:
                         continue
                     own.append(put.record)
                 else:
-                    hinted += self.hints.add(put.hint_for, put.record, trio.current_time())
-                epochs.setdefault(p, self._drop_epoch[p])
+                    hinted += self.hints.add(put.hint_for, put.record, self._hint_now())
+                epochs.setdefault(p, entry_epochs[p])
                 keep.append(put)
             if own:
                 try:
@@ -402,30 +412,42 @@ class Replication:
     async def _tick_loop(self) -> None:
         while True:
             self._rearm = trio.Event()
-            deadlines = [d for d in (self.coord.next_deadline(), self.hints.next_deadline()) if d is not None]
+            deadlines = [d for d in (self.coord.next_deadline(), self._hint_deadline()) if d is not None]
             if self.placement is not None:
                 deadlines += [self.ae.next_deadline(), self.rb.next_deadline()]
             with trio.move_on_at(min(deadlines, default=math.inf)):
                 await self._rearm.wait()
-            now = trio.current_time()
-            out: list[Any] = [*self.coord.tick(now), *self.hints.due(self.alive, now)]
-            if self.placement is not None:
-                out += [*self.ae.tick(now), *self.rb.tick(now)]
-            if out:
-                self._route(out)
-            # A lone node's placement is never recorded as settled: a newcomer sees only itself until its
-            # join completes, and must then pull its share as a newcomer, not shed "its" data to the ring.
-            if self.rb.settled() and self.placement is not None and self._persisted is not self.placement \
-                    and len(self.placement.nodes) > 1:
-                await self._persist_settled(self.placement)
+            try:
+                await self._tick_once()
+            except Exception:  # a core bug must not stop the node; counted and logged
+                self.stats["tick_errors"] += 1
+                log.exception("replication tick failed")
+                await trio.sleep(0.1)
             await trio.lowlevel.checkpoint()
+
+    async def _tick_once(self) -> None:
+        now = trio.current_time()
+        out: list[Any] = [*self.coord.tick(now), *self.hints.due(self.alive, self._hint_now())]
+        if self.placement is not None:
+            out += [*self.ae.tick(now), *self.rb.tick(now)]
+        if out:
+            self._route(out)
+        # A lone node's placement is never recorded as settled: a newcomer sees only itself until its
+        # join completes, and must then pull its share as a newcomer, not shed "its" data to the ring.
+        if self.rb.settled() and self.placement is not None and self._persisted is not self.placement \
+                and len(self.placement.nodes) > 1:
+            await self._persist_settled(self.placement)
 
     # ---- membership -> placement ----
     async def _view_loop(self) -> None:
         while True:
             await self._view_changed.wait()
             self._view_changed = trio.Event()
-            self._apply_view()
+            try:
+                self._apply_view()
+            except Exception:
+                self.stats["view_errors"] += 1
+                log.exception("placement update failed")
             await trio.sleep(self.config.settle_s)
 
     def _apply_view(self) -> None:
@@ -444,15 +466,12 @@ class Replication:
             self.view.placement = new
             mine = set(new.partitions_of(self.me).tolist()) if self.me in new.nodes else set()
             self._dropped -= mine
-            if old.n_replicas == new.n_replicas:
-                self._route(self.rb.plan(diff(old, new), now))
-            else:
-                self.stats["rebalance_skipped_rf_change"] += 1
+            self._route(self.rb.plan(diff(old, new), now))
             log.info("placement: %d storage nodes, %d alive", len(s.members), len(s.alive))
         self._storage = s
         assert self.placement is not None
         self.coord.set_view(self.placement, s.alive)
-        self._route(self.hints.due(s.alive, now))
+        self._route(self.hints.due(s.alive, self._hint_now()))
         self._ready.set()
 
     def _restored_placement(self) -> Placement | None:
@@ -479,6 +498,15 @@ class Replication:
             return Applied(None)
         await self.store.db.write(write)
 
+    def _hint_now(self) -> float:
+        """Hints are persisted with their creation time and must age across restarts, so the hint
+        queue runs on wall-clock seconds, not on this process's trio clock."""
+        return self._wall_ms() / 1000.0
+
+    def _hint_deadline(self) -> float | None:
+        d = self.hints.next_deadline()
+        return None if d is None else trio.current_time() + (d - self._hint_now())
+
     def _addr_of(self, node_id: str) -> str | None:
         for m in self._members():
             if m.id == node_id:
@@ -494,9 +522,15 @@ class Replication:
         while True:
             await trio.sleep(self.config.gc_interval_s)
             cutoff_ms = self._wall_ms() - int(rc.tombstone_grace_s * 1000)
-            if cutoff_ms > 0:
-                n = await self.store.collect(hlc_pack(cutoff_ms, 0))
-                self.stats["tombstones_collected"] += n
+            try:
+                while cutoff_ms > 0:  # batches of COLLECT_BATCH_MAX until a short one
+                    n = await self.store.collect(hlc_pack(cutoff_ms, 0))
+                    self.stats["tombstones_collected"] += n
+                    if n < COLLECT_BATCH_MAX:
+                        break
+            except Exception:
+                self.stats["gc_errors"] += 1
+                log.exception("tombstone collection failed")
 
 
 def _partition(kind: Kind, key: tuple[str, ...], bits: int) -> int:
