@@ -19,7 +19,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import trio
 
 from crypto.errors import MnemonetError
@@ -53,6 +52,7 @@ from ring.messages import (
 from ring.partition import Placement, StorageNode, diff
 from ring.quorum import Consistency
 from ring.records import Kind, Record
+from ring.replicaview import co_replicas, shared_partitions
 
 log = logging.getLogger("mnemonet.replication")
 
@@ -111,18 +111,10 @@ class _LocalView:
         return self.store.records_after(partition, after, limit)
 
     def co_replicas(self) -> Sequence[str]:
-        pl = self.placement
-        if pl is None or self.me not in pl.nodes:
-            return []
-        rows = pl.table[pl.partitions_of(self.me)]
-        return sorted({pl.nodes[i] for i in np.unique(rows).tolist()} - {self.me})
+        return co_replicas(self.placement, self.me)
 
     def shared_partitions(self, peer: str) -> Sequence[int]:
-        pl = self.placement
-        if pl is None or self.me not in pl.nodes or peer not in pl.nodes:
-            return []
-        i, j = pl.nodes.index(self.me), pl.nodes.index(peer)
-        return list(np.flatnonzero((pl.table == i).any(axis=1) & (pl.table == j).any(axis=1)).tolist())
+        return shared_partitions(self.placement, self.me, peer)
 
 
 class Replication:

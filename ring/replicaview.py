@@ -103,6 +103,22 @@ def pack(records: Sequence[Record], bytes_max: int) -> list[Record]:
     return out
 
 
+def co_replicas(pl: Placement | None, me: str) -> list[str]:
+    """Every node that shares at least one partition with `me` under `pl`."""
+    if pl is None or me not in pl.nodes:
+        return []
+    rows = pl.table[pl.partitions_of(me)]
+    return sorted({pl.nodes[i] for i in np.unique(rows).tolist()} - {me})
+
+
+def shared_partitions(pl: Placement | None, me: str, peer: str) -> list[int]:
+    """The partitions both `me` and `peer` own under `pl`, ascending."""
+    if pl is None or me not in pl.nodes or peer not in pl.nodes:
+        return []
+    i, j = pl.nodes.index(me), pl.nodes.index(peer)
+    return list(np.flatnonzero((pl.table == i).any(axis=1) & (pl.table == j).any(axis=1)).tolist())
+
+
 class MemoryView:
     """`LocalView` over a MemoryReplicaStore and a Placement: the simulator's and the tests' store."""
 
@@ -137,15 +153,7 @@ class MemoryView:
         return out
 
     def co_replicas(self) -> Sequence[str]:
-        pl = self.placement
-        if pl is None or self.me not in pl.nodes:
-            return []
-        rows = pl.table[pl.partitions_of(self.me)]
-        return sorted({pl.nodes[i] for i in np.unique(rows).tolist()} - {self.me})
+        return co_replicas(self.placement, self.me)
 
     def shared_partitions(self, peer: str) -> Sequence[int]:
-        pl = self.placement
-        if pl is None or self.me not in pl.nodes or peer not in pl.nodes:
-            return []
-        i, j = pl.nodes.index(self.me), pl.nodes.index(peer)
-        return np.flatnonzero((pl.table == i).any(axis=1) & (pl.table == j).any(axis=1)).tolist()
+        return shared_partitions(self.placement, self.me, peer)
