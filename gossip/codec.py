@@ -7,7 +7,6 @@ the signature covers GOSSIP_DOMAIN + body, so the network id and the sender's ad
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import msgpack
@@ -21,6 +20,12 @@ from crypto.identity import (
     agent_id_of,
     verify_signature,
 )
+from crypto.signed_frame import array as _list
+from crypto.signed_frame import boolean as _bool
+from crypto.signed_frame import integer as _uint
+from crypto.signed_frame import number as _float
+from crypto.signed_frame import open_frame, seal, unpack
+from crypto.signed_frame import string as _str
 from gossip.messages import (
     Ack,
     Alive,
@@ -50,9 +55,6 @@ ROLE_CHARS_MAX = 64
 # An admission token from `mnemonet admit` is ~400 characters; the bound leaves room for long network
 # names while one record stays well inside a 4 KiB frame.
 ADMISSION_CHARS_MAX = 1024
-_INT_MAX = 2**63 - 1
-_SIGNED_BYTES_MAX = 64 * 1024 * 1024
-_UNPACK_LIMITS = {"max_bin_len": _SIGNED_BYTES_MAX, "max_str_len": _SIGNED_BYTES_MAX}
 
 _T_ALIVE, _T_SUSPECT, _T_DEAD = 0, 1, 2
 _T_PING, _T_ACK, _T_NACK, _T_PINGREQ, _T_GOSSIP, _T_PUSHPULL = 0, 1, 2, 3, 4, 5
@@ -177,8 +179,7 @@ def encode_body(network: str, src_addr: str, msg: Message) -> bytes:
 
 def encode_frame(identity: Identity, network: str, src_addr: str, msg: Message) -> bytes:
     """The signed frame a shell sends for a `Send` effect."""
-    body = encode_body(network, src_addr, msg)
-    return msgpack.packb([VERSION, identity.public_key, identity.sign(GOSSIP_DOMAIN + body), body], use_bin_type=True)
+    return seal(identity, GOSSIP_DOMAIN, VERSION, encode_body(network, src_addr, msg))
 
 
 # --- decoding -------------------------------------------------------------------------------------
@@ -191,15 +192,8 @@ def decode_frame(
     """
     if len(frame) > frame_bytes_max:
         raise TooLarge(f"gossip frame of {len(frame)} bytes exceeds {frame_bytes_max}", limit=frame_bytes_max)
-    outer = _unpack(frame)
-    if not (type(outer) is list and len(outer) == 4):
-        raise BadFrame("a gossip frame is [version, public key, signature, body]")
-    version, pk, sig, body = outer
-    if version != VERSION:
-        raise BadFrame(f"unsupported gossip frame version {version!r}")
-    if not (type(pk) is bytes and len(pk) == PUBLIC_KEY_BYTES and type(sig) is bytes and type(body) is bytes):
-        raise BadFrame("malformed key, signature or body")
-    inner = _unpack(body)
+    pk, sig, body = open_frame(frame, version=VERSION, what="gossip")
+    inner = unpack(body, "gossip")
     if not (type(inner) is list and len(inner) == 3):
         raise BadFrame("a gossip body is [network, src_addr, message]")
     net = _str(inner[0], NETWORK_CHARS_MAX)
@@ -209,43 +203,6 @@ def decode_frame(
     if not verify_signature(pk, sig, GOSSIP_DOMAIN + body, cache):
         raise BadSignature("gossip frame signature does not verify")
     return Packet(agent_id_of(pk), src_addr, net, message_from_obj(inner[2]))
-
-
-def _unpack(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, **_UNPACK_LIMITS)
-    except Exception as e:  # msgpack raises several types on hostile input; all are a bad frame
-        raise BadFrame(f"undecodable gossip frame: {type(e).__name__}") from None
-
-
-def _str(x: Any, chars_max: int) -> str:
-    if type(x) is not str or len(x) > chars_max:
-        raise BadFrame(f"expected a string of at most {chars_max} characters")
-    return x
-
-
-def _uint(x: Any) -> int:
-    if type(x) is not int or not 0 <= x <= _INT_MAX:
-        raise BadFrame("expected a non-negative 64-bit integer")
-    return x
-
-
-def _float(x: Any) -> float:
-    if type(x) not in (float, int) or not math.isfinite(x):
-        raise BadFrame("expected a finite number")
-    return float(x)
-
-
-def _bool(x: Any) -> bool:
-    if type(x) is not bool:
-        raise BadFrame("expected a boolean")
-    return x
-
-
-def _list(x: Any, n: int | None = None) -> list[Any]:
-    if type(x) is not list or (n is not None and len(x) != n):
-        raise BadFrame("malformed gossip record")
-    return x
 
 
 def _meta(x: Any) -> Meta:

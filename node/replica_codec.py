@@ -25,6 +25,11 @@ from crypto.identity import (
     agent_id_of,
     verify_signature,
 )
+from crypto.signed_frame import array as _list
+from crypto.signed_frame import boolean as _bool
+from crypto.signed_frame import integer as _int
+from crypto.signed_frame import open_frame, seal, unpack
+from crypto.signed_frame import string as _str
 from gossip.codec import NETWORK_CHARS_MAX
 from node.peer_messages import PeerError, SearchQuery, SearchReply
 from ring import messages as rm
@@ -125,36 +130,12 @@ def message_to_obj(msg: object) -> list[Any]:
 
 # --- strict decoding helpers (BadFrame on any type or range error) --------------------------------
 
-def _int(x: Any, hi: int, lo: int = 0) -> int:
-    if type(x) is not int or not lo <= x <= hi:
-        raise BadFrame(f"expected an integer in [{lo}, {hi}]")
-    return x
-
-
 def _u63(x: Any) -> int:
     return _int(x, _U63_MAX)
 
 
 def _u64(x: Any) -> int:
     return _int(x, _U64_MAX)
-
-
-def _str(x: Any, chars_max: int) -> str:
-    if type(x) is not str or len(x) > chars_max:
-        raise BadFrame(f"expected a string of at most {chars_max} characters")
-    return x
-
-
-def _bool(x: Any) -> bool:
-    if type(x) is not bool:
-        raise BadFrame("expected a boolean")
-    return x
-
-
-def _list(x: Any, n: int | None = None) -> list[Any]:
-    if type(x) is not list or (n is not None and len(x) != n):
-        raise BadFrame("malformed replica message field")
-    return x
 
 
 def _ints(x: Any, conv: Callable[[Any], int]) -> tuple[int, ...]:
@@ -360,20 +341,7 @@ def encode_frame(identity: Identity, network: str, sent_ms: int, msgs: Sequence[
         raise InvalidArgument("sent_ms must be a non-negative 64-bit int")
     if len(msgs) > MESSAGES_PER_FRAME_MAX:
         raise InvalidArgument(f"at most {MESSAGES_PER_FRAME_MAX} messages per frame (use split_batch)")
-    body = _pack([network, sent_ms, [message_to_obj(m) for m in msgs]])
-    return msgpack.packb([VERSION, identity.public_key, identity.sign(REPLICA_DOMAIN + body), body],
-                         use_bin_type=True)
-
-
-def _unpack(data: bytes) -> Any:
-    try:
-        return msgpack.unpackb(data, raw=False, strict_map_key=True, ext_hook=_no_ext)
-    except Exception as e:  # msgpack raises several types on hostile input; all are a bad frame
-        raise BadFrame(f"undecodable replica frame: {type(e).__name__}") from None
-
-
-def _no_ext(code: int, data: bytes) -> Any:
-    raise ValueError("msgpack ext types are not part of the replica protocol")
+    return seal(identity, REPLICA_DOMAIN, VERSION, _pack([network, sent_ms, [message_to_obj(m) for m in msgs]]))
 
 
 def decode_frame(
@@ -385,16 +353,8 @@ def decode_frame(
     then BadFrame or InvalidArgument for a malformed message."""
     if len(data) > bytes_max:
         raise TooLarge(f"replica frame of {len(data)} bytes exceeds {bytes_max}", limit=bytes_max)
-    outer = _unpack(data)
-    if not (type(outer) is list and len(outer) == 4):
-        raise BadFrame("a replica frame is [version, public key, signature, body]")
-    version, pk, sig, body = outer
-    if type(version) is not int or version != VERSION:
-        raise BadFrame("unsupported replica frame version")
-    if not (type(pk) is bytes and len(pk) == PUBLIC_KEY_BYTES and type(sig) is bytes
-            and len(sig) == SIGNATURE_BYTES and type(body) is bytes):
-        raise BadFrame("malformed key, signature or body")
-    inner = _list(_unpack(body), 3)
+    pk, sig, body = open_frame(data, version=VERSION, what="replica")
+    inner = _list(unpack(body, "replica"), 3)
     net = _str(inner[0], NETWORK_CHARS_MAX)
     sent_ms = _u63(inner[1])
     objs = _list(inner[2])
