@@ -3,18 +3,17 @@ replica store's digests track its contents whatever order records arrive in."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from crypto.errors import InvalidArgument
-from ring.crdt import ORSet, PNCounter
+from ring.crdt import PNCounter
 from ring.digest import RangeDigest
 from ring.memstore import MemoryReplicaStore
 from ring.merge import Versioned
 from ring.records import Kind, Record, merge
+from tests.crdt_strategies import counter_states, set_states
 
 BITS = 6
 hlcs = st.integers(1, 50)
@@ -36,16 +35,8 @@ def register(draw: st.DrawFn, kind: Kind = Kind.REGISTER, key: tuple[str, ...] =
 
 @st.composite
 def crdt(draw: st.DrawFn, kind: Kind = Kind.COUNTER, key: tuple[str, ...] = ("ns", "c")) -> Record:
-    if kind is Kind.COUNTER:
-        c = PNCounter()
-        for w, n in draw(st.lists(st.tuples(writers, st.integers(-5, 5)), max_size=4)):
-            c = c.incr(w, n) if n >= 0 else c.decr(w, -n)
-        state: Any = c.to_wire()
-    else:
-        s = ORSet()
-        for op, e, tag in draw(st.lists(st.tuples(st.booleans(), st.integers(0, 3), st.sampled_from("xyz")), max_size=5)):
-            s = s.add(e, f"{tag}{e}") if op else s.remove(e)
-        state = s.to_wire()
+    state = draw(counter_states(writers, st.integers(-5, 5), 4) if kind is Kind.COUNTER else
+                 set_states(st.integers(0, 3), st.sampled_from("xyz"), 5, tag_per_element=True))
     return Record(kind, key, {"hlc": draw(hlcs), "epoch": draw(st.sampled_from([0, 0, 10, 20])),
                               "deleted": draw(st.booleans()), "state": state})
 

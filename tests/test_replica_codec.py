@@ -31,9 +31,9 @@ from node.replica_codec import (
     split_batch,
 )
 from ring import messages as rm
-from ring.crdt import ORSet, PNCounter
 from ring.merge import Versioned
 from ring.records import _KEY_ARITY, Kind, Record
+from tests.crdt_strategies import counter_states, set_states
 
 KEY = Identity.generate()
 CACHE = PublicKeyCache(16)
@@ -73,16 +73,8 @@ def records(draw: st.DrawFn, kind: Kind | None = None) -> Record:
         body = Versioned(draw(json_values), draw(hlcs), draw(ids), draw(st.booleans()),
                          draw(st.none() | st.integers(-(2**63), 2**63 - 1)))
     else:
-        if kind is Kind.COUNTER:
-            c = PNCounter()
-            for w, n in draw(st.lists(st.tuples(ids, st.integers(-50, 50)), max_size=4)):
-                c = c.incr(w, n) if n >= 0 else c.decr(w, -n)
-            state: Any = c.to_wire()
-        else:
-            s = ORSet()
-            for add, e, tag in draw(st.lists(st.tuples(st.booleans(), json_values, ids), max_size=4)):
-                s = s.add(e, tag) if add else s.remove(e)
-            state = s.to_wire()
+        state = draw(counter_states(ids, st.integers(-50, 50), 4) if kind is Kind.COUNTER else
+                     set_states(json_values, ids, 4))
         body = {"hlc": draw(hlcs), "epoch": draw(hlcs), "deleted": draw(st.booleans()), "state": state}
     return Record(kind, key, body)
 

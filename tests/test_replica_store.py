@@ -24,7 +24,6 @@ from node.effects import DigestDelta, IndexAdd, IndexRemove
 from node.memory_records import memory_record, tombstone_record
 from node.memory_store import NewMemory
 from node.replica_store import ReplicaStore
-from ring.crdt import ORSet, PNCounter
 from ring.digest import RangeDigest
 from ring.handoff import HintQueue
 from ring.memstore import MemoryReplicaStore
@@ -32,6 +31,7 @@ from ring.merge import Versioned
 from ring.messages import Hint, PutAck
 from ring.records import Kind, Record
 from ring.replicaview import MemoryView
+from tests.crdt_strategies import counter_states, set_states
 
 BITS = 3  # 8 partitions: several items share one, so paging is exercised
 NOW = 1_000
@@ -88,16 +88,8 @@ def registers(draw: st.DrawFn) -> Record:
 @st.composite
 def crdts(draw: st.DrawFn) -> Record:
     kind = draw(st.sampled_from([Kind.COUNTER, Kind.SET]))
-    if kind is Kind.COUNTER:
-        c = PNCounter()
-        for w, n in draw(st.lists(st.tuples(writers, st.integers(-5, 5)), max_size=3)):
-            c = c.incr(w, n) if n >= 0 else c.decr(w, -n)
-        state: Any = c.to_wire()
-    else:
-        s = ORSet()
-        for op, e, tag in draw(st.lists(st.tuples(st.booleans(), st.integers(0, 3), st.sampled_from("xy")), max_size=4)):
-            s = s.add(e, f"{tag}{e}") if op else s.remove(e)
-        state = s.to_wire()
+    state = draw(counter_states(writers, st.integers(-5, 5), 3) if kind is Kind.COUNTER else
+                 set_states(st.integers(0, 3), st.sampled_from("xy"), 4, tag_per_element=True))
     return Record(kind, ("ns", "c"), {"hlc": draw(hlcs), "epoch": draw(st.sampled_from([0, 0, 10])),
                                       "deleted": draw(st.booleans()), "state": state})
 
