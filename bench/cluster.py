@@ -26,6 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.tables import print_table  # noqa: E402
 from ring.partition import Placement, StorageNode, diff, memory_key  # noqa: E402
 
 NS = "bench"
@@ -188,15 +189,11 @@ def ring_section(args: argparse.Namespace) -> dict[str, Any]:
     present = [code[m] for m in base]
 
     # ---- 1. balance
-    out["balance"] = {
-        "ours_keys": {"primary": load(o_keys, per_key, present, ones, 1), "rf3": load(o_keys, per_key, present, ones, RF)},
-        "ours_partitions": {"primary": load(o_exact, per_part, present, ones, 1),
-                            "rf3": load(o_exact, per_part, present, ones, RF)},
-        "uhashring_keys": {"primary": load(u_keys, per_key, present, ones, 1),
-                           "rf3": load(u_keys, per_key, present, ones, RF)},
-        "uhashring_arcs": {"primary": load(arc_sets, arc_w, present, ones, 1),
-                           "rf3": load(arc_sets, arc_w, present, ones, RF)},
-    }
+    def loads(sets: np.ndarray, weights: np.ndarray, caps: Sequence[float]) -> dict[str, Any]:
+        return {"primary": load(sets, weights, present, caps, 1), "rf3": load(sets, weights, present, caps, RF)}
+
+    out["balance"] = {"ours_keys": loads(o_keys, per_key, ones), "ours_partitions": loads(o_exact, per_part, ones),
+                      "uhashring_keys": loads(u_keys, per_key, ones), "uhashring_arcs": loads(arc_sets, arc_w, ones)}
 
     # ---- 2. movement
     j, lv = code[names[n]], code[leaver]
@@ -229,13 +226,8 @@ def ring_section(args: argparse.Namespace) -> dict[str, Any]:
     uw_arc_w, uw_arc_sets, _ = uh_arcs(r_w, code)
     out["capacity"] = {
         "capacities": f"{n // 3} nodes at 2, {n - n // 3} at 1",
-        "ours_keys": {"primary": load(ow_keys, per_key, present, caps, 1), "rf3": load(ow_keys, per_key, present, caps, RF)},
-        "ours_partitions": {"primary": load(ow_exact, per_part, present, caps, 1),
-                            "rf3": load(ow_exact, per_part, present, caps, RF)},
-        "uhashring_keys": {"primary": load(uw_keys, per_key, present, caps, 1),
-                           "rf3": load(uw_keys, per_key, present, caps, RF)},
-        "uhashring_arcs": {"primary": load(uw_arc_sets, uw_arc_w, present, caps, 1),
-                           "rf3": load(uw_arc_sets, uw_arc_w, present, caps, RF)},
+        "ours_keys": loads(ow_keys, per_key, caps), "ours_partitions": loads(ow_exact, per_part, caps),
+        "uhashring_keys": loads(uw_keys, per_key, caps), "uhashring_arcs": loads(uw_arc_sets, uw_arc_w, caps),
     }
 
     # ---- 4. lookups per second (same keys for both; per-key calls include everything they do)
@@ -296,28 +288,6 @@ def ring_section(args: argparse.Namespace) -> dict[str, Any]:
 
 # ---------------------------------------------------------------- printing
 
-def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], footer: str = "") -> None:
-    """rich if the bench extra is installed, else plain columns."""
-    try:
-        from rich.console import Console
-        from rich.table import Table
-    except ImportError:
-        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-        print(f"\n{title}")
-        for row in (header, *rows):
-            print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
-        if footer:
-            print(footer)
-        return
-    table = Table(title=title)
-    for h in header:
-        table.add_column(h)
-    for row in rows:
-        table.add_row(*row)
-    console = Console(width=160)
-    console.print(table)
-    if footer:
-        console.print(footer)
 
 
 def _ratio(a: float, b: float) -> str:

@@ -27,6 +27,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.datasets import clustered, stdlib_passages  # noqa: E402
+from bench.tables import print_table  # noqa: E402
 from node.embedder import HashingEmbedder  # noqa: E402
 from node.vector_index import VectorIndex, VectorIndexConfig  # noqa: E402
 
@@ -295,23 +296,8 @@ def _print(results: dict[str, Any]) -> None:
     footer = (f"index fold times (worker thread) - {folds}\n"
               f"embedder hash-v1-{results['dim']}: {emb['texts_per_s_cold']} texts/s cold, "
               f"{emb['texts_per_s_warm']} warm, {emb['texts_per_s_one_by_one']} one by one (200-char passages)")
-    try:
-        from rich.console import Console
-        from rich.table import Table
-
-        table = Table(title=f"search (k=10, {results['queries']} queries, BLAS threads {results['blas_threads']})")
-        for h in header:
-            table.add_column(h)
-        for row in rows:
-            table.add_row(*row)
-        console = Console(width=200)
-        console.print(table)
-        console.print(footer)
-    except ImportError:
-        print(" | ".join(header))
-        for row in rows:
-            print(" | ".join(row))
-        print(footer)
+    print_table(f"search (k=10, {results['queries']} queries, BLAS threads {results['blas_threads']})", header, rows,
+                footer, width=200)
 
 
 def main() -> None:
