@@ -4,7 +4,6 @@ an in-memory one for tests. It must not decode frames or know SWIM; every queue 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections import OrderedDict, deque
 from dataclasses import dataclass
@@ -16,9 +15,10 @@ from trio_websocket import (
     ConnectionClosed,
     WebSocketConnection,
     WebSocketRequest,
-    connect_websocket_url,
     serve_websocket,
 )
+
+from node.peer_socket import ConnectFailed, peer_socket
 
 log = logging.getLogger("mnemonet.gossip_transport")
 
@@ -201,25 +201,14 @@ class WebsocketTransport:
 
     async def _connect_and_drain(self, peer: _Peer) -> None:
         cfg = self.config
-        # Our own nursery and timeout rather than open_websocket_url's: when its connect_timeout fires
-        # during the handshake, its nursery still waits for the reader task of a silent peer (forever).
-        async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(cfg.connect_timeout_s):
-                    ws = await connect_websocket_url(nursery, gossip_url(peer.addr), message_queue_size=1,
-                                                     max_message_size=cfg.frame_bytes_max)
-            except Exception:
-                self._stats["connect_failed"] += 1
-                nursery.cancel_scope.cancel()
-                raise
-            self._stats["connects"] += 1
-            try:
+        try:
+            async with peer_socket(gossip_url(peer.addr), connect_timeout_s=cfg.connect_timeout_s,
+                                   close_timeout_s=cfg.disconnect_timeout_s, message_bytes_max=cfg.frame_bytes_max) as ws:
+                self._stats["connects"] += 1
                 await self._drain(peer, ws)
-            finally:
-                # Polite but bounded; when cancelled (eviction, shutdown) the close is abrupt.
-                with trio.move_on_after(cfg.disconnect_timeout_s), contextlib.suppress(Exception):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+        except* ConnectFailed:
+            self._stats["connect_failed"] += 1
+            raise
 
     async def _drain(self, peer: _Peer, ws: WebSocketConnection) -> None:
         while True:

@@ -8,7 +8,6 @@ replication cores retry on their own timers, so a dropped message costs time, ne
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import time
 from collections import deque
@@ -17,10 +16,11 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, connect_websocket_url
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest
 
 from crypto.errors import MnemonetError
 from crypto.identity import Identity, PublicKeyCache
+from node.peer_socket import ConnectFailed, peer_socket
 from node.replica_codec import FRAME_OVERHEAD_BYTES, decode_frame, encode_frame, message_bytes
 
 log = logging.getLogger("mnemonet.peer_links")
@@ -43,6 +43,8 @@ class PeerLinkConfig:
     """Frames stamped outside now ± this are refused (`expired`): bounds how old a replayed frame can be."""
     connect_timeout_s: float = 2.0
     """TCP + websocket handshake; a SIGSTOPped peer accepts TCP but never answers it."""
+    close_timeout_s: float = 0.5
+    """Polite websocket close; a dead peer must not hold the link task long."""
     message_timeout_s: float = 5.0
     """One frame's send; past it the link is treated as failed and its queue dropped."""
     reconnect_backoff_s: float = 0.25
@@ -161,22 +163,14 @@ class PeerLinks:
 
     async def _connect_and_drain(self, peer: _Peer, addr: str) -> None:
         cfg = self.config
-        async with trio.open_nursery() as nursery:
-            try:
-                with trio.fail_after(cfg.connect_timeout_s):
-                    ws = await connect_websocket_url(nursery, replica_url(addr), message_queue_size=1,
-                                                     max_message_size=cfg.frame_bytes_max)
-            except Exception:
-                self.stats["connect_failed"] += 1
-                nursery.cancel_scope.cancel()
-                raise
-            self.stats["connects"] += 1
-            try:
+        try:
+            async with peer_socket(replica_url(addr), connect_timeout_s=cfg.connect_timeout_s, close_timeout_s=cfg.close_timeout_s,
+                                   message_bytes_max=cfg.frame_bytes_max) as ws:
+                self.stats["connects"] += 1
                 await self._drain(peer, ws)
-            finally:
-                with trio.move_on_after(0.5), contextlib.suppress(Exception):
-                    await ws.aclose()
-                nursery.cancel_scope.cancel()
+        except* ConnectFailed:
+            self.stats["connect_failed"] += 1
+            raise
 
     async def _drain(self, peer: _Peer, ws: WebSocketConnection) -> None:
         cfg = self.config
