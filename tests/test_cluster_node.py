@@ -162,6 +162,21 @@ async def test_consistency_all_fails_clearly_when_an_owner_is_down(cluster_nodes
         for x in nodes[1:]:
             await start(nursery, x, [nodes[0].url], bootstrap_s=30)
         await until(lambda: placed(nodes, 3))
+        # Garbage, a text frame and a frame signed by a non-member on /replica: refused and counted,
+        # and the node keeps serving peers and clients.
+        from trio_websocket import open_websocket_url
+
+        from node.replica_codec import encode_frame
+        from ring.messages import GetRecord
+        links = nodes[0].cluster.replication.links if nodes[0].cluster else None
+        assert links is not None
+        stranger = encode_frame(Identity.generate(), "t", nodes[0].service.wall_ms() if nodes[0].service else 0,
+                                [GetRecord(1, Kind.STATE, ("x",))])
+        async with open_websocket_url(nodes[0].url + "/replica") as ws:
+            await ws.send_message(b"\xc1garbage")
+            await ws.send_message("text")
+            await ws.send_message(stranger)
+        await until(lambda: links.stats["refused_frames"] >= 2 and links.stats["refused_non_member"] >= 1)
         assert nodes[2].scope is not None
         nodes[2].scope.cancel()
         await until(lambda: all(x.cluster is not None and len(x.cluster.replication.alive) == 2 for x in nodes[:2]))
