@@ -109,8 +109,9 @@ _ENCODERS: dict[type, tuple[int, Callable[[Any], list[Any]]]] = {
     rm.AeAck: (20, lambda m: [m.session, m.req]),
     rm.AeClose: (21, lambda m: [m.session]),
     rm.RbPull: (30, lambda m: [m.transfer, m.partition, _ref(m.after)]),
-    rm.RbPage: (31, lambda m: [m.transfer, m.partition, _ref(m.after), [r.to_wire() for r in m.records],
-                            _ref(m.next), list(m.digest)]),
+    rm.RbPage: (31, lambda m: [m.transfer, *_rb_page(m)]),
+    rm.RbPullMany: (35, lambda m: [m.transfer, list(m.partitions)]),
+    rm.RbPages: (36, lambda m: [m.transfer, [_rb_page(p) for p in m.pages]]),
     rm.RbConfirm: (32, lambda m: [m.partition, list(m.digest)]),
     rm.RbConfirmed: (33, lambda m: [m.partition, m.ok, m.retry]),
     rm.RbSweepMe: (34, lambda m: [list(m.partitions)]),
@@ -233,6 +234,15 @@ def _digest(x: Any) -> tuple[int, int]:
     return _u64(s), _u64(c)
 
 
+def _rb_page(m: rm.RbPage) -> list[Any]:
+    """An RbPage without its transfer (RbPages carries one for all its pages)."""
+    return [m.partition, _ref(m.after), [r.to_wire() for r in m.records], _ref(m.next), list(m.digest)]
+
+
+def _rb_page_of(transfer: int, x: Sequence[Any]) -> rm.RbPage:
+    return rm.RbPage(transfer, _u63(x[0]), _opt_ref(x[1]), _records(x[2]), _opt_ref(x[3]), _digest(x[4]))
+
+
 def _summary(x: Any) -> tuple[str, tuple[str, ...], int]:
     kind_v, key, h = _list(x, 3)
     kind = _kind(kind_v)
@@ -272,7 +282,9 @@ _DECODERS: dict[int, tuple[int, _Dec]] = {
     20: (3, lambda x: rm.AeAck(_u63(x[1]), _u63(x[2]))),
     21: (2, lambda x: rm.AeClose(_u63(x[1]))),
     30: (4, lambda x: rm.RbPull(_u63(x[1]), _u63(x[2]), _opt_ref(x[3]))),
-    31: (7, lambda x: rm.RbPage(_u63(x[1]), _u63(x[2]), _opt_ref(x[3]), _records(x[4]), _opt_ref(x[5]), _digest(x[6]))),
+    31: (7, lambda x: _rb_page_of(_u63(x[1]), x[2:])),
+    35: (3, lambda x: rm.RbPullMany(_u63(x[1]), _ints(x[2], _u63))),
+    36: (3, lambda x: rm.RbPages(_u63(x[1]), tuple(_rb_page_of(_u63(x[1]), _list(p, 5)) for p in _list(x[2])))),
     32: (3, lambda x: rm.RbConfirm(_u63(x[1]), _digest(x[2]))),
     33: (4, lambda x: rm.RbConfirmed(_u63(x[1]), _bool(x[2]), _bool(x[3]))),
     34: (2, lambda x: rm.RbSweepMe(_ints(x[1], _u63))),

@@ -99,7 +99,8 @@ class ReplicaStore:
         return RangeDigest() if d is None else d.copy()
 
     def digests(self, partitions: Sequence[int]) -> Mapping[int, RangeDigest]:
-        return {p: self.digest(p) for p in partitions}
+        have = self._digests
+        return {p: d.copy() for p in partitions if (d := have.get(p)) is not None and d.count}
 
     def partitions(self) -> list[int]:
         """Partitions holding at least one item (per the digests), ascending."""

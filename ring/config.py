@@ -92,8 +92,11 @@ class ReplicationConfig:
     ae_interval_jitter_fraction: float = 0.25
 
     # ---- rebalancing after a placement change (ring/rebalance.py) ----
-    # Pages asked for at once: the back-pressure on the shell's writes.
+    # Pulls asked for at once: the back-pressure on the shell's writes.
     rebalance_transfers_in_flight_max: int = 8
+    # Partitions one RbPullMany asks for: most gained partitions are small or empty, and one round
+    # trip each would make a join take minutes (~98k partitions of 2**17 move when a 4th node joins).
+    rebalance_partitions_per_pull_max: int = 512
     # Records per page; the byte bound below usually cuts first.
     rebalance_records_per_page_max: int = 256
     # A page is cut here (at least one record, so a big one still moves).
@@ -117,7 +120,7 @@ class ReplicationConfig:
                      "ae_message_bytes_max", "ae_requests_in_flight_max", "ae_request_attempts_max",
                      "rebalance_transfers_in_flight_max", "rebalance_records_per_page_max",
                      "rebalance_page_bytes_max", "rebalance_request_attempts_max",
-                     "rebalance_partitions_per_nudge_max"):
+                     "rebalance_partitions_per_nudge_max", "rebalance_partitions_per_pull_max"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise InvalidArgument(f"ReplicationConfig.{name} must be a positive int", **{name: repr(value)})

@@ -33,6 +33,7 @@ TREE_PARTITIONS_MAX = 1 << 20
 
 _PERSON_ITEM = b"mnemonet-item"
 _PERSON_LEAF = b"mnemonet-leaf"
+_GOLDEN = 0x9E3779B97F4A7C15
 _PERSON_NODE = b"mnemonet-tnode"
 _PERSON_ROOT = b"mnemonet-troot"
 
@@ -80,7 +81,9 @@ class RangeDigest:
         return self._count
 
     def copy(self) -> RangeDigest:
-        return RangeDigest(self._sum, self._count)
+        twin = RangeDigest.__new__(RangeDigest)  # both fields are already checked
+        twin._sum, twin._count = self._sum, self._count
+        return twin
 
     def to_wire(self) -> list[int]:
         return [self._sum, self._count]
@@ -114,7 +117,8 @@ class DigestTree:
     """A ``fanout``-ary hash tree over a sorted set of partitions; immutable.
 
     ``levels[0]`` is the root, ``levels[-1]`` the leaves (one per partition, in ascending id order).
-    A leaf binds its partition id to the digest; the root binds the fanout and the partition count,
+    A leaf binds its partition id to the digest (an empty partition's leaf is a cheap bijection of
+    its id, not a hash: most of a node's partitions are empty); the root binds the fanout and the partition count,
     so two trees over different partition sets have different roots. Node ``i`` of level ``d`` has
     children ``i*fanout .. i*fanout+fanout-1`` of level ``d+1``; the root's children are all of
     level 1 (at most ``fanout``). For a diff over the wire, peers exchange ``hashes(level, indices)``
@@ -217,8 +221,8 @@ def tree(partition_ids: Sequence[int], digests: Mapping[int, RangeDigest],
     ``digests`` is empty, and digests of other partitions are ignored."""
     ids = _check_ids(partition_ids)
     f = _check_fanout(fanout)
-    empty = RangeDigest()
-    return DigestTree(ids, f, [_leaf_hash(p, digests.get(p, empty)) for p in ids])
+    return DigestTree(ids, f, [_leaf_hash(p, d) if (d := digests.get(p)) is not None and (d.count or d.sum)
+                               else _empty_leaf(p) for p in ids])
 
 
 def diff(a: DigestTree, b: DigestTree) -> DiffResult:
@@ -241,6 +245,10 @@ def diff(a: DigestTree, b: DigestTree) -> DiffResult:
 def _leaf_hash(partition: int, d: RangeDigest) -> int:
     data = partition.to_bytes(8, "big") + d.sum.to_bytes(8, "big") + d.count.to_bytes(8, "big")
     return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=_PERSON_LEAF).digest(), "big")
+
+
+def _empty_leaf(partition: int) -> int:
+    return (partition * _GOLDEN + 1) & HASH_MASK  # odd multiplier: one leaf per id
 
 
 def _node_hash(children: list[int]) -> int:

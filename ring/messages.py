@@ -134,8 +134,9 @@ HandoffEffect = Send | HintStored | HintDropped
 # and cursors are ranges of it. A summary adds the digest hash of the stored copy (Record.digest_hash).
 # Anti-entropy (ring/antientropy.py): the initiator sends every request, the responder only answers;
 # all answers are reads except AePush, a merge, so a repeated request is harmless.
-# Rebalancing (ring/rebalance.py): a new owner pulls pages (RbPull/RbPage) from old owners; a losing
-# owner drops a partition only after every new owner's RbConfirm matches its current digest.
+# Rebalancing (ring/rebalance.py): a new owner pulls pages from old owners, whole partitions many at a
+# time (RbPullMany/RbPages) and the rest of a big one page by page (RbPull/RbPage); a losing owner
+# drops a partition only after every new owner's RbConfirm matches its current digest.
 
 ItemRef = tuple[str, tuple[str, ...]]
 ItemSummary = tuple[str, tuple[str, ...], int]
@@ -278,6 +279,25 @@ class RbPage:
 
 
 @dataclass(frozen=True, slots=True)
+class RbPullMany:
+    """Send your records of each of `partitions` from the start, in this order, as RbPages: as many as
+    fit in one reply (a partition's records all come from one moment, so a page without `next` is
+    a whole partition as of its `digest`)."""
+
+    transfer: int
+    partitions: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RbPages:
+    """The answer to RbPullMany: a first page (`after` None) for a prefix of its partitions. Only the
+    last may have `next` (continue it with RbPull); partitions after the last page were not served."""
+
+    transfer: int
+    pages: tuple[RbPage, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class RbConfirm:
     """A new owner holds (merged) everything the receiver held when its digest of `partition` was `digest`."""
 
@@ -332,6 +352,6 @@ class SessionEnded:
 
 AntiEntropyMessage = (AeOpen | AeOpened | AeReject | AeTreeQuery | AeTreeHashes | AeSummaryQuery | AeSummaries
                       | AeFetch | AeRecords | AePush | AeAck | AeClose)
-RebalanceMessage = RbPull | RbPage | RbConfirm | RbConfirmed | RbSweepMe
+RebalanceMessage = RbPull | RbPage | RbPullMany | RbPages | RbConfirm | RbConfirmed | RbSweepMe
 AntiEntropyEffect = Send | ApplyRecords | SessionEnded
 RebalanceEffect = Send | ApplyRecords | DropPartitions

@@ -41,7 +41,9 @@ from ring.messages import (
     RbConfirm,
     RbConfirmed,
     RbPage,
+    RbPages,
     RbPull,
+    RbPullMany,
     RbSweepMe,
     Send,
 )
@@ -68,8 +70,6 @@ class RebalanceStats:
     nudges_sent: int = 0
     messages_sent: int = 0
     messages_received: int = 0
-    bytes_sent: int = 0
-    bytes_received: int = 0
 
 
 @dataclass(slots=True)
@@ -84,6 +84,16 @@ class _Task:
     first: DigestWire | None = None
     transfer: int = 0
     attempts: int = 0
+    sent_at: float = 0.0
+
+
+@dataclass(slots=True)
+class _Group:
+    """One RbPullMany in flight: fresh tasks (no cursor) of one source, by partition."""
+
+    source: str
+    tasks: dict[int, _Task]
+    attempts: int = 1
     sent_at: float = 0.0
 
 
@@ -119,6 +129,7 @@ class Rebalancer:
         self._queue: deque[_Task] = deque()
         self._delayed: list[tuple[float, int, _Task]] = []
         self._active: dict[int, _Task] = {}
+        self._groups: dict[int, _Group] = {}
         self._tasks: set[tuple[int, str]] = set()
         self._per_partition: Counter[int] = Counter()
         self._seq = 0
@@ -162,7 +173,7 @@ class Rebalancer:
                 lost[p] = _Lost(confirmers, kept)
         self._owned, self._lost = owned, lost
         keep = [t for t in self._all_tasks() if t.partition in owned and t.source in owned[t.partition].movement.old]
-        self._queue, self._delayed, self._active = deque(), [], {}
+        self._queue, self._delayed, self._active, self._groups = deque(), [], {}, {}
         self._tasks.clear()
         self._per_partition.clear()
         for t in keep:
@@ -180,12 +191,15 @@ class Rebalancer:
         return self._pump(now)
 
     def handle(self, src: str, msg: object, now: float) -> list[Effect]:
-        self._stats.messages_received += 1
-        self._stats.bytes_received += wire_bytes(msg)
+        self._stats.messages_received += 1  # (bytes: the shell's links count what crossed the wire)
         if isinstance(msg, RbPull):
             return [self._serve(src, msg)]
+        if isinstance(msg, RbPullMany):
+            return [self._serve_many(src, msg)]
         if isinstance(msg, RbPage):
             return self._on_page(src, msg, now) + self._pump(now)
+        if isinstance(msg, RbPages):
+            return self._on_pages(src, msg, now) + self._pump(now)
         if isinstance(msg, RbConfirm):
             return self._on_confirm(src, msg)
         if isinstance(msg, RbConfirmed):
@@ -215,6 +229,19 @@ class Rebalancer:
                 t.attempts += 1
                 t.sent_at = now
                 effects.append(self._send(t.source, RbPull(t.transfer, t.partition, t.cursor)))
+        for tid, g in list(self._groups.items()):
+            if now - g.sent_at < self._config.rebalance_request_timeout_s:
+                continue
+            if g.attempts >= self._config.rebalance_request_attempts_max:
+                del self._groups[tid]
+                for t in g.tasks.values():
+                    self._stats.timeouts += 1
+                    self._finish(t)
+                    self._give_up(t, now)
+            else:
+                g.attempts += 1
+                g.sent_at = now
+                effects.append(self._send(g.source, RbPullMany(tid, tuple(g.tasks))))
         if now >= self._nudge_s:
             self._nudge_s = now + self._config.rebalance_nudge_interval_s
             effects += self._nudges()
@@ -226,6 +253,8 @@ class Rebalancer:
             t = min(t, self._delayed[0][0])
         for task in self._active.values():
             t = min(t, task.sent_at + self._config.rebalance_request_timeout_s)
+        for g in self._groups.values():
+            t = min(t, g.sent_at + self._config.rebalance_request_timeout_s)
         return t
 
     # ---- serving and losing ----
@@ -240,6 +269,31 @@ class Rebalancer:
         self._stats.records_served += len(sent)
         return self._send(src, RbPage(msg.transfer, msg.partition, after, tuple(sent),
                                       ref_of(sent[-1]) if more and sent else None, d))
+
+    def _serve_many(self, src: str, msg: RbPullMany) -> Send:
+        """Whole partitions while the page budget lasts; the first one that does not fit whole is cut
+        (at least one record, so a reply always makes progress) and ends the reply."""
+        cfg = self._config
+        records_left, bytes_left = cfg.rebalance_records_per_page_max, cfg.rebalance_page_bytes_max
+        pages: list[RbPage] = []
+        for p in msg.partitions[:cfg.rebalance_partitions_per_pull_max]:
+            d = self._digest(p)
+            if d[1] == 0:  # an empty partition: nothing to read
+                pages.append(RbPage(msg.transfer, p, None, (), None, d))
+                continue
+            if records_left <= 0 or bytes_left <= 0:
+                break
+            records = self._view.records_after(p, None, records_left)
+            sent = pack(records, bytes_left)
+            more = len(sent) < len(records) or len(records) == records_left
+            pages.append(RbPage(msg.transfer, p, None, tuple(sent), ref_of(sent[-1]) if more and sent else None, d))
+            records_left -= len(sent)
+            bytes_left -= sum(wire_bytes(r) for r in sent)
+            self._stats.records_served += len(sent)
+            if more:
+                break
+        self._stats.pages_served += len(pages)
+        return self._send(src, RbPages(msg.transfer, tuple(pages)))
 
     def _on_confirm(self, src: str, msg: RbConfirm) -> list[Effect]:
         p = msg.partition
@@ -263,19 +317,21 @@ class Rebalancer:
 
     def _nudges(self) -> list[Effect]:
         """Ask every new owner that has not confirmed our current digest to sweep us (again)."""
-        current = {p: self._digest(p) for p in self._lost}
+        cap = self._config.rebalance_partitions_per_nudge_max
         wanted: dict[str, list[int]] = {}
         for p, lost in self._lost.items():
+            current: DigestWire | None = None
             for c in lost.confirmers:
-                if lost.confirmed.get(c) != current[p]:
-                    wanted.setdefault(c, []).append(p)
-        effects: list[Effect] = []
-        step = self._config.rebalance_partitions_per_nudge_max
-        for c, ps in sorted(wanted.items()):
-            for i in range(0, len(ps), step):
-                self._stats.nudges_sent += 1
-                effects.append(self._send(c, RbSweepMe(tuple(ps[i:i + step]))))
-        return effects
+                got = lost.confirmed.get(c)
+                if got is not None:
+                    current = current or self._digest(p)  # only read when some owner has confirmed
+                    if got == current:
+                        continue
+                ps = wanted.setdefault(c, [])
+                if len(ps) < cap:  # one message per new owner per interval: the rest in the next ones
+                    ps.append(p)
+        self._stats.nudges_sent += len(wanted)
+        return [self._send(c, RbSweepMe(tuple(ps))) for c, ps in sorted(wanted.items())]
 
     # ---- pulling ----
     def _on_page(self, src: str, msg: RbPage, now: float) -> list[Effect]:
@@ -283,6 +339,24 @@ class Rebalancer:
         after = None if msg.after is None else as_ref(msg.after)
         if t is None or t.source != src or t.partition != msg.partition or after != t.cursor:
             return []  # duplicate, late or foreign page
+        return self._page(t, src, msg, now)
+
+    def _on_pages(self, src: str, msg: RbPages, now: float) -> list[Effect]:
+        g = self._groups.get(msg.transfer)
+        if g is None or g.source != src:
+            return []  # duplicate, late or foreign reply
+        del self._groups[msg.transfer]
+        effects: list[Effect] = []
+        for page in msg.pages:
+            t = g.tasks.pop(page.partition, None)
+            if t is not None and page.after is None:
+                effects += self._page(t, src, page, now)
+        for t in g.tasks.values():  # not served this time (the reply was full): first in line again
+            t.transfer = 0
+            self._queue.appendleft(t)
+        return effects
+
+    def _page(self, t: _Task, src: str, msg: RbPage, now: float) -> list[Effect]:
         bits = self._view.partition_bits
         records = tuple(r for r in msg.records if r.partition(bits) == t.partition)
         self._stats.pages_received += 1
@@ -293,6 +367,9 @@ class Rebalancer:
             t.first = digest
         o = self._owned.get(t.partition)
         if msg.next is not None:
+            if t.transfer not in self._active:  # the rest of a partition from an RbPullMany: pulled alone
+                t.transfer = self._new_transfer_id()
+                self._active[t.transfer] = t
             t.cursor, t.attempts, t.sent_at = as_ref(msg.next), 1, now
             return effects + [self._send(src, RbPull(t.transfer, t.partition, t.cursor))]
         self._finish(t)
@@ -342,17 +419,40 @@ class Rebalancer:
         while self._delayed and self._delayed[0][0] <= now:
             self._queue.append(heapq.heappop(self._delayed)[2])
         effects: list[Effect] = []
-        while self._queue and len(self._active) < self._config.rebalance_transfers_in_flight_max:
+        while self._queue and len(self._active) + len(self._groups) < self._config.rebalance_transfers_in_flight_max:
             t = self._queue.popleft()
-            t.transfer = self._new_transfer_id()
-            t.attempts, t.sent_at = 1, now
-            self._active[t.transfer] = t
-            effects.append(self._send(t.source, RbPull(t.transfer, t.partition, t.cursor)))
+            tid = self._new_transfer_id()
+            group = [t] + self._take_fresh(t.source) if t.cursor is None else [t]
+            if len(group) > 1:
+                for x in group:
+                    x.transfer = tid
+                self._groups[tid] = _Group(t.source, {x.partition: x for x in group}, 1, now)
+                effects.append(self._send(t.source, RbPullMany(tid, tuple(x.partition for x in group))))
+                continue
+            t.transfer, t.attempts, t.sent_at = tid, 1, now
+            self._active[tid] = t
+            effects.append(self._send(t.source, RbPull(tid, t.partition, t.cursor)))
         return effects
+
+    def _take_fresh(self, source: str) -> list[_Task]:
+        """More queued tasks without a cursor from `source`, for one RbPullMany; looks a bounded way
+        down the queue and leaves the others in their order."""
+        want = self._config.rebalance_partitions_per_pull_max - 1
+        taken: list[_Task] = []
+        skipped: list[_Task] = []
+        while self._queue and len(taken) < want and len(skipped) < 4 * want:
+            t = self._queue.popleft()
+            if t.source == source and t.cursor is None:  # (partition, source) is unique among tasks
+                taken.append(t)
+            else:
+                skipped.append(t)
+        self._queue.extendleft(reversed(skipped))
+        return taken
 
     # ---- helpers ----
     def _all_tasks(self) -> list[_Task]:
-        return list(self._active.values()) + list(self._queue) + [t for _, _, t in self._delayed]
+        return (list(self._active.values()) + [t for g in self._groups.values() for t in g.tasks.values()]
+                + list(self._queue) + [t for _, _, t in self._delayed])
 
     def _digest(self, p: int) -> DigestWire:
         d = self._view.digests([p]).get(p, RangeDigest())
@@ -361,10 +461,9 @@ class Rebalancer:
     def _new_transfer_id(self) -> int:
         while True:
             tid = 1 + int(self._rng.random() * (1 << 53))
-            if tid not in self._active:
+            if tid not in self._active and tid not in self._groups:
                 return tid
 
     def _send(self, to: str, msg: object) -> Send:
         self._stats.messages_sent += 1
-        self._stats.bytes_sent += wire_bytes(msg)
         return Send(to, msg)

@@ -32,7 +32,9 @@ class ReplicaData(Protocol):
     @property
     def partition_bits(self) -> int: ...
 
-    def digests(self, partitions: Sequence[int]) -> Mapping[int, RangeDigest]: ...
+    def digests(self, partitions: Sequence[int]) -> Mapping[int, RangeDigest]:
+        """Digests of those of `partitions` that hold anything; an absent one is empty (most of a
+        node's partitions are, and a hash tree or a rebalance asks about tens of thousands)."""
 
     def summaries(self, partition: int, after: ItemRef | None, limit: int) -> list[ItemSummary]: ...
 

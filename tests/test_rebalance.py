@@ -14,11 +14,21 @@ from hypothesis import strategies as st
 
 from ring.config import ReplicationConfig
 from ring.memstore import MemoryReplicaStore
-from ring.messages import ApplyRecords, DropPartitions, ItemRef, RbConfirm, RbPage, RbPull, Send
+from ring.messages import (
+    ApplyRecords,
+    DropPartitions,
+    ItemRef,
+    RbConfirm,
+    RbPage,
+    RbPages,
+    RbPull,
+    RbPullMany,
+    Send,
+)
 from ring.partition import Placement, StorageNode, diff
 from ring.rebalance import Rebalancer
 from ring.records import Kind, Record, merge
-from ring.replicaview import MemoryView
+from ring.replicaview import MemoryView, wire_bytes
 
 BITS = 5
 CONFIG = ReplicationConfig(rebalance_transfers_in_flight_max=3, rebalance_records_per_page_max=4,
@@ -40,13 +50,14 @@ class Cluster:
     a virtual clock, and a client writing to either placement's owners while the move runs."""
 
     def __init__(self, old: Placement, new: Placement, seed: int = 0, loss: float = 0.0, dup: float = 0.0,
-                 dead: Iterable[str] = (), writes: int = 0, initial: int = 120) -> None:
-        self.old, self.new = old, new
+                 dead: Iterable[str] = (), writes: int = 0, initial: int = 120,
+                 config: ReplicationConfig = CONFIG) -> None:
+        self.old, self.new, self.config = old, new, config
         self.rng = random.Random(seed)
         self.loss, self.dup, self.dead = loss, dup, set(dead)
         names = sorted(set(old.nodes) | set(new.nodes))
         self.stores = {n: MemoryReplicaStore(BITS) for n in names}
-        self.engines = {n: Rebalancer(n, MemoryView(self.stores[n], n), CONFIG, random.Random(seed * 31 + i), 0.0)
+        self.engines = {n: Rebalancer(n, MemoryView(self.stores[n], n), config, random.Random(seed * 31 + i), 0.0)
                         for i, n in enumerate(names)}
         self.model: dict[Item, Record] = {}
         self.dropped: set[tuple[str, int]] = set()
@@ -114,7 +125,8 @@ class Cluster:
     def run(self, steps_max: int = 100_000) -> None:
         for _ in range(steps_max):
             for n in self.live:
-                assert len(self.engines[n]._active) <= CONFIG.rebalance_transfers_in_flight_max  # back-pressure
+                e = self.engines[n]
+                assert len(e._active) + len(e._groups) <= self.config.rebalance_transfers_in_flight_max  # back-pressure
             if self.queue:
                 if self.writes_left and self.rng.random() < 0.1:
                     self.writes_left -= 1
@@ -256,3 +268,49 @@ def test_replanning_to_the_same_move_keeps_progress(names: list[str]) -> None:
         c.effects(n, c.engines[n].plan(c.movements, c.now))
     c.run()
     c.assert_moved()
+
+
+def test_a_join_pulls_many_partitions_per_round_trip() -> None:
+    """Whole partitions travel many to a reply: with room for every record in one page, the newcomer
+    pulls from each old owner in one round trip, however many partitions it gained from it."""
+    old, new = placement(["a", "b", "c", "d"]), placement(["a", "b", "c", "d", "e"])
+    cfg = CONFIG.replace(rebalance_records_per_page_max=1000)
+    c = Cluster(old, new, initial=60, config=cfg)
+    c.run()
+    c.assert_moved()
+    pulls = [(dst, msg) for src, dst, msg in c.sent if src == "e" and isinstance(msg, RbPull | RbPullMany)]
+    sources = {loser for m in c.movements for loser in m.lost}
+    gained = [m.partition for m in c.movements if "e" in m.gained]
+    assert len(gained) > len(sources)
+    assert sorted(dst for dst, _ in pulls) == sorted(sources)  # one pull per source
+    assert sum(len(msg.partitions) for _, msg in pulls if isinstance(msg, RbPullMany)) == len(gained)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(1, 12), st.integers(1, 4000), st.lists(st.integers(0, 1 << BITS - 1), min_size=1, max_size=12,
+                                                          unique=True))
+def test_a_pull_of_many_partitions_serves_whole_ones_and_cuts_only_the_last(
+        records_max: int, bytes_max: int, partitions: list[int]) -> None:
+    store = MemoryReplicaStore(BITS)
+    for i in range(90):
+        store.apply(mem(f"m{i}", 1, "z" * (i % 7) * 40))
+    e = Rebalancer("a", MemoryView(store, "a"), ReplicationConfig(
+        rebalance_records_per_page_max=records_max, rebalance_page_bytes_max=bytes_max), random.Random(1), 0.0)
+    out = e.handle("b", RbPullMany(9, tuple(partitions)), 0.0)
+    assert len(out) == 1 and isinstance(out[0], Send) and isinstance(out[0].msg, RbPages)
+    pages = out[0].msg.pages
+    assert [pg.partition for pg in pages] == partitions[:len(pages)]  # a prefix, in the order asked
+    assert pages, "a reply always makes progress"
+    for pg in pages:
+        have = list(store.records(pg.partition))
+        d = store.digest(pg.partition)
+        assert pg.transfer == 9 and pg.after is None and pg.digest == (d.sum, d.count)
+        if pg.next is None:
+            assert list(pg.records) == have  # whole
+        else:
+            assert pg is pages[-1] and pg.records and list(pg.records) == have[:len(pg.records)]
+    served = sum(len(pg.records) for pg in pages)
+    assert served <= records_max
+    if len(pages) < len(partitions):  # stopped early only because the budget ran out
+        sent_bytes = sum(wire_bytes(r) for pg in pages for r in pg.records)
+        assert pages[-1].next is not None or served >= records_max or sent_bytes >= bytes_max

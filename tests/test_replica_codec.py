@@ -112,6 +112,9 @@ STRATEGIES: dict[type, st.SearchStrategy[Any]] = {
     rm.RbPage: st.builds(rm.RbPage, u63, u63, opt_refs, recs, opt_refs, st.tuples(u64, u64)),
     rm.RbConfirm: st.builds(rm.RbConfirm, u63, st.tuples(u64, u64)),
     rm.RbConfirmed: st.builds(rm.RbConfirmed, u63, st.booleans(), st.booleans()),
+    rm.RbPullMany: st.builds(rm.RbPullMany, u63, st.lists(u63, max_size=5).map(tuple)),
+    rm.RbPages: u63.flatmap(lambda t: st.builds(rm.RbPages, st.just(t), st.lists(
+        st.builds(rm.RbPage, st.just(t), u63, opt_refs, recs, opt_refs, st.tuples(u64, u64)), max_size=3).map(tuple))),
     rm.RbSweepMe: st.builds(rm.RbSweepMe, st.lists(u63, max_size=5).map(tuple)),
     SearchQuery: st.builds(SearchQuery, u63, bodies),
     SearchReply: st.builds(SearchReply, u63, st.booleans(), bodies, codes),
