@@ -189,6 +189,48 @@ async def test_consistency_all_fails_clearly_when_an_owner_is_down(cluster_nodes
         nursery.cancel_scope.cancel()
 
 
+async def test_a_joining_node_takes_its_share_and_old_owners_drop_theirs(
+        cluster_nodes: Callable[[int], list[Node]]) -> None:
+    """A 4th node joins a 3-node ring holding data: it pulls the ~98k partitions it gains (nearly all
+    empty), the old owners drop them once it confirms, and every item ends with exactly its 3 owners."""
+    nodes = cluster_nodes(4)
+    agent = Identity.generate()
+    ns = agent.agent_id
+    async with trio.open_nursery() as nursery:
+        await start(nursery, nodes[0], [], bootstrap_s=1)
+        for x in nodes[1:3]:
+            await start(nursery, x, [nodes[0].url], bootstrap_s=1)
+        await until(lambda: placed(nodes[:3], 3))
+        async with nodes[0].client(agent) as c:
+            for i in range(60):
+                await c.store(ns, f"memory {i} before the join", id=f"j{i}")
+        founders = [x.cluster.replication for x in nodes[:3] if x.cluster]
+        await until(lambda: all(trio.current_time() > r._bootstrap_until for r in founders))  # joins are moves now
+
+        await start(nursery, nodes[3], [nodes[0].url])
+        await until(lambda: placed(nodes, 4))
+        repls = [x.cluster.replication for x in nodes if x.cluster]
+        await until(lambda: all(r.rb.settled() for r in repls), timeout_s=120, what="rebalanced")
+        newcomer = repls[3]
+        assert newcomer.rb.statistics().partitions_pulled > 50_000
+        assert sum(r.rb.statistics().partitions_dropped for r in repls[:3]) > 50_000
+        from ring.partition import memory_key
+        placement = newcomer.placement
+        assert placement is not None
+        mine = 0
+        for i in range(60):
+            owners = set(placement.owners(memory_key(ns, f"j{i}")))
+            holders = {x.identity.agent_id for x in nodes
+                       if x.cluster and x.cluster.store.get(Kind.MEMORY, (ns, f"j{i}")) is not None}
+            assert holders == owners, i  # the newcomer has what it owns; nobody keeps what it lost
+            mine += newcomer.me in owners
+        assert mine > 0
+        async with nodes[3].client(agent) as c:
+            for i in (0, 31, 59):
+                assert (await c.get(ns, f"j{i}")).content == f"memory {i} before the join"
+        nursery.cancel_scope.cancel()
+
+
 def test_coverage_names_exactly_the_partitions_with_no_answering_owner() -> None:
     from node.scatter_search import ScatterSearch
     from ring.partition import Placement, StorageNode, partition_range
