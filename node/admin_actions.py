@@ -58,6 +58,7 @@ async def stats(svc: Service, req: Request, session: Session) -> Any:
         "embedder": svc.embedder.embedder_id,
         "dim": svc.config.dim,
         **({"gossip": svc.membership.statistics()} if svc.membership is not None else {}),
+        **({"cluster": svc.cluster.r.statistics()} if svc.cluster is not None else {}),
     }
 
 

@@ -281,7 +281,9 @@ class MemoryClient:
         if namespaces is not None:
             data["namespaces"] = namespaces
         r = await self.request("memory.search", ns, data)
-        return Page([Memory.from_wire(m) for m in r["hits"]], r["truncated"], r.get("next_cursor"), r["exhaustive"])
+        return Page([Memory.from_wire(m) for m in r["hits"]], r["truncated"], r.get("next_cursor"), r["exhaustive"],
+                    bool(r.get("partial", False)), int(r.get("missing_partitions", 0)),
+                    tuple((int(a), int(b)) for a, b in r.get("missing_ranges", ())))
 
     async def link(self, ns: str, from_id: str, to_id: str, *, relation: str = "related", weight: float = 1.0,
                    to_ns: str | None = None) -> None:

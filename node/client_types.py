@@ -55,6 +55,11 @@ class Page:
     truncated: bool
     next_cursor: str | None = None
     exhaustive: bool = True
+    partial: bool = False
+    """Cluster search only: some partitions had no replica answering (their items may be missing);
+    `missing_partitions` counts them and `missing_ranges` lists key ranges (docs/protocol.md §6.7)."""
+    missing_partitions: int = 0
+    missing_ranges: tuple[tuple[int, int], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

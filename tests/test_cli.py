@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -98,4 +99,18 @@ def test_testnet_launch_three(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK: 2 agents against 1 node" in r.stdout
     for step in ("store-duplicate", "signal-cas", "state-push", "search", "forbidden-check"):
+        assert step in r.stdout
+
+
+def test_testnet_launch_cluster(tmp_path: Path) -> None:
+    """Six nodes: cluster mode. The ring forms, agents on different nodes read each other's quorum
+    writes, and the counter every agent bumped once ends at the number of agents."""
+    r = subprocess.run([sys.executable, "testnet/launch.py", "--nodes", "6", "--agents", "3",
+                        "--dir", str(tmp_path / "run")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "ring of 6 formed" in r.stdout and "OK: 3 agents against 6 cluster nodes" in r.stdout
+    assert "counter public/agents-done = 3, expected 3: ok" in r.stdout
+    held = re.search(r"items held over all nodes: (\d+)", r.stdout)
+    assert held and int(held.group(1)) == 3 * (5 + 1 + 200 + 3)  # notes, private, generated, signal+counter+state
+    for step in ("store-many", "state-get", "search", "counter-incr", "forbidden-check"):
         assert step in r.stdout
