@@ -19,7 +19,7 @@ from ring.crdt import ORSet, PNCounter
 from ring.merge import Versioned
 from ring.messages import Done
 from ring.quorum import Consistency, parse_consistency
-from ring.records import Kind, Record
+from ring.records import Kind, Record, merge
 
 if TYPE_CHECKING:
     from node.replication import Replication
@@ -109,17 +109,22 @@ class ClusterOps:
     # ---- signals: counters and sets (read-modify-write of this node's CRDT entry) ----
     async def signal_update(self, ns: str, key: str, kind: Kind, hlc: int, op: str, arg: Any,
                             consistency: Consistency | int | None) -> dict[str, Any]:
-        """Read at QUORUM, apply the operation as this node (the counter's actor, the set's tag
-        source), write the result. One update per key at a time on this node: this node's counter
-        entry is its running total, so two concurrent read-modify-writes here would lose one."""
+        """Read at QUORUM, merge in this node's own last update of the key (durable: a read may miss
+        it), apply the operation as this node (the counter's actor, the set's tag source), remember
+        the result durably, then write it. One update per key at a time on this node: this node's
+        counter entry is its running total, so two concurrent read-modify-writes here would lose one.
+        A write that fails `unavailable` may still land later (it reached some replica, and the next
+        update here builds on it): as everywhere in a Dynamo-style store, unavailable is not undone."""
         lock = self._locks.setdefault((ns, key, kind.value), trio.Lock())
         async with lock:
             try:
-                cur = _check(await self.r.read(kind, (ns, key), Consistency.QUORUM), "signal not read").record
+                read = _check(await self.r.read(kind, (ns, key), Consistency.QUORUM), "signal not read").record
+                cur = merge(read, self.r.store.own_update(kind, (ns, key)))
                 body = _crdt_body(kind, cur)
                 state = _apply(kind, body["state"], self.r.me, hlc, op, arg)
                 new = Record(kind, (ns, key), {"hlc": max(hlc, int(body["hlc"]) + 1), "epoch": body["epoch"],
                                                "deleted": False, "state": state.to_wire()})
+                await self.r.store.remember_own_update(new)
                 done = _check(await self.r.write(new, consistency), "signal not written")
             finally:
                 if not lock.statistics().tasks_waiting:

@@ -124,6 +124,14 @@ CREATE UNIQUE INDEX memories_content ON memories(ns, content_hash) WHERE deleted
 """
 
 
+# Version 4: the counter and set updates this node coordinated in cluster mode: its own last write of
+# each key (msgpack of Record.to_wire()), merged into the quorum read before its next update, so a
+# read that misses that write (acked at ONE, or only by stand-ins) cannot roll this node's entry back.
+OWN_UPDATES_V4 = """
+CREATE TABLE own_updates(kind TEXT NOT NULL, key TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY(kind, key));
+"""
+
+
 def run_script(conn: sqlite3.Connection, script: str) -> None:
     """Run SQL statements one at a time inside the caller's transaction (`executescript` would
     COMMIT first, splitting a migration across transactions). A statement must end a line."""
@@ -158,6 +166,8 @@ MIGRATIONS: tuple[Migration, ...] = (
               _sql(SIGNAL_KINDS_V2)),
     Migration(3, "cluster replicas: replica_items, hints, memories.replica (content check on local rows only)",
               _sql(REPLICAS_V3)),
+    Migration(4, "own_updates: this node's last coordinated write of each counter and set (cluster mode)",
+              _sql(OWN_UPDATES_V4)),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
 

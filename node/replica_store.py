@@ -279,6 +279,23 @@ class ReplicaStore:
         next_id = max([1, int(row[0]) if row else 1, *(h.hint_id + 1 for h in hints)])
         return hints, next_id
 
+    # ---- this node's own counter and set updates (ClusterOps.signal_update) ----
+    def own_update(self, kind: Kind, key: Sequence[str]) -> Record | None:
+        """The last counter or set record this node wrote as coordinator of `key`, if any."""
+        row = self._conn.execute("SELECT body FROM own_updates WHERE kind=? AND key=?",
+                                 (kind.value, key_text(key))).fetchone()
+        return None if row is None else unpack_record(row[0])
+
+    async def remember_own_update(self, r: Record) -> None:
+        """Durably record `r` as this node's last update of its key (before it is sent anywhere)."""
+        blob = pack_record(r)
+
+        def fn(conn: sqlite3.Connection) -> Applied[None]:
+            conn.execute("INSERT INTO own_updates(kind, key, body) VALUES(?, ?, ?) "
+                         "ON CONFLICT(kind, key) DO UPDATE SET body=excluded.body", (r.kind.value, key_text(r.key), blob))
+            return Applied(None)
+        await self.db.write(fn)
+
     def statistics(self) -> dict[str, int]:
         items, tombs = self._conn.execute("SELECT COUNT(*), COALESCE(SUM(tomb), 0) FROM replica_items").fetchone()
         hints = self._conn.execute("SELECT COUNT(*) FROM hints").fetchone()[0]

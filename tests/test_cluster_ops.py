@@ -1,0 +1,70 @@
+"""ClusterOps over a replication that returns stale quorum reads: a counter update never builds on a
+read that missed this node's own last write (the node remembers it durably, across restarts)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from node.cluster_ops import ClusterOps
+from node.database import Database
+from node.replica_store import ReplicaStore
+from ring.crdt import PNCounter
+from ring.messages import Done
+from ring.records import Kind, Record
+
+
+@dataclass
+class StaleReplication:
+    """Quorum reads answer from a replica that saw none of this node's writes (as after writes acked
+    at ONE, or only by stand-ins); writes are acked and kept."""
+
+    store: ReplicaStore
+    me: str = "node-a"
+    stale: Record | None = None
+    written: list[Record] = field(default_factory=list)
+
+    async def read(self, kind: Kind, key: tuple[str, ...], consistency: Any = None) -> Done:
+        return Done(0, True, self.stale)
+
+    async def write(self, record: Record, consistency: Any = None) -> Done:
+        self.written.append(record)
+        return Done(0, True, record, details={"acked": ("x", "y")})
+
+
+async def with_store(path: Path, body: Any) -> Any:
+    db = Database(path, fsync="normal")
+    store = ReplicaStore(db)
+    try:
+        async with trio.open_nursery() as n:
+            await n.start(db.run)
+            out = await body(store)
+            n.cancel_scope.cancel()
+        return out
+    finally:
+        store.close()
+
+
+async def test_a_counter_update_builds_on_this_nodes_own_last_write_even_when_reads_miss_it(tmp_path: Path) -> None:
+    other = Record(Kind.COUNTER, ("ns", "hits"), {"hlc": 5, "epoch": 0, "deleted": False,
+                                                  "state": PNCounter().incr("node-b", 10).to_wire()})
+
+    async def first(store: ReplicaStore) -> list[int]:
+        r = StaleReplication(store, stale=other)
+        ops = ClusterOps(r)  # type: ignore[arg-type]
+        values = [(await ops.signal_update("ns", "hits", Kind.COUNTER, 100 + i, "incr", n, None))["value"]
+                  for i, n in enumerate((3, 2))]
+        return values
+
+    # node-b's 10 is seen; node-a's own 3 is not in the (stale) read, yet 10 + 3 + 2 = 15, not 12.
+    assert await with_store(tmp_path / "db", first) == [13, 15]
+
+    async def after_restart(store: ReplicaStore) -> int:
+        ops = ClusterOps(StaleReplication(store, stale=None))  # type: ignore[arg-type]
+        return int((await ops.signal_update("ns", "hits", Kind.COUNTER, 200, "incr", 1, None))["value"])
+
+    # A restarted node whose read finds nothing at all still has its last write (durable): 15 + 1.
+    assert await with_store(tmp_path / "db", after_restart) == 16
