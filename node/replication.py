@@ -285,7 +285,7 @@ class Replication:
         now = trio.current_time()
         if isinstance(msg, GetRecord):
             p = _partition(msg.kind, msg.key, self.store.partition_bits)
-            if self.rb.pending(p) or p in self._dropped:
+            if self.rb.pending(p) or p in self._dropped or not self._holds(p):
                 self.links.send(src, GetReply(msg.req, None, False, "not_ready"))
             else:
                 self.links.send(src, GetReply(msg.req, self.store.get(msg.kind, msg.key)))
@@ -303,6 +303,13 @@ class Replication:
                 self.stats["unknown_messages"] += 1
             else:
                 handler(src, msg)
+
+    def _holds(self, p: int) -> bool:
+        """Whether this node's store answers for partition `p`: it owns it in its placement, or lost it
+        and keeps it until the new owners confirm. Otherwise a "none" from here would be a false
+        negative: a coordinator on a newer placement asked before this node adopted it."""
+        pl = self.placement
+        return pl is None or self.me in pl.preference(p) or self.rb.keeping(p)
 
     # ---- the durable lane ----
     async def _lane_loop(self) -> None:
@@ -433,7 +440,9 @@ class Replication:
     # ---- membership -> placement ----
     async def _view_loop(self) -> None:
         while True:
-            await self._view_changed.wait()
+            # A dead member leaves the ring when its grace ends, with no membership event to say so.
+            with trio.move_on_at(self._storage.expires_at if self._storage is not None else math.inf):
+                await self._view_changed.wait()
             self._view_changed = trio.Event()
             try:
                 self._apply_view()

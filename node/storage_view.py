@@ -22,6 +22,8 @@ class StorageSet:
 
     members: tuple[str, ...]
     alive: frozenset[str]
+    expires_at: float = float("inf")
+    """When the earliest dead member's grace ends (the set changes then with no membership event)."""
 
 
 def storage_set(me: str, members: Iterable[MemberView], now: float, dead_grace_s: float) -> StorageSet:
@@ -30,6 +32,7 @@ def storage_set(me: str, members: Iterable[MemberView], now: float, dead_grace_s
     anti-entropy cover the gap); past it the ring drops it and its partitions are re-replicated."""
     placed: set[str] = set()
     alive: set[str] = set()
+    expires_at = float("inf")
     for m in members:
         if STORAGE_ROLE not in m.meta.roles and m.id != me:
             continue
@@ -38,4 +41,5 @@ def storage_set(me: str, members: Iterable[MemberView], now: float, dead_grace_s
             alive.add(m.id)
         elif m.state is State.DEAD and now - m.state_changed_at < dead_grace_s:
             placed.add(m.id)
-    return StorageSet(tuple(sorted(placed)), frozenset(alive))
+            expires_at = min(expires_at, m.state_changed_at + dead_grace_s)
+    return StorageSet(tuple(sorted(placed)), frozenset(alive), expires_at)

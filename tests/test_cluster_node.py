@@ -47,8 +47,10 @@ class Node:
         return MemoryClient(self.url, agent, sign_records=False)
 
 
-async def start(nursery: trio.Nursery, node: Node, seeds: list[str], *, bootstrap_s: float = 0.0) -> None:
-    cfg = ClusterConfig(replication=REPL, settle_s=0.2, bootstrap_s=bootstrap_s, gc_interval_s=3600.0)
+async def start(nursery: trio.Nursery, node: Node, seeds: list[str], *, bootstrap_s: float = 0.0,
+                dead_grace_s: float = 1800.0) -> None:
+    cfg = ClusterConfig(replication=REPL, settle_s=0.2, bootstrap_s=bootstrap_s, gc_interval_s=3600.0,
+                        dead_grace_s=dead_grace_s)
 
     async def run(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.CancelScope() as scope:
@@ -228,6 +230,36 @@ async def test_a_joining_node_takes_its_share_and_old_owners_drop_theirs(
         async with nodes[3].client(agent) as c:
             for i in (0, 31, 59):
                 assert (await c.get(ns, f"j{i}")).content == f"memory {i} before the join"
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dead_node_leaves_the_ring_after_its_grace_and_its_data_is_re_replicated(
+        cluster_nodes: Callable[[int], list[Node]]) -> None:
+    """No membership event marks the end of a dead member's grace: the survivors drop it from the
+    ring on time anyway, pull what it held from the other replicas, and every item is back to 3 copies."""
+    nodes = cluster_nodes(4)
+    agent = Identity.generate()
+    ns = agent.agent_id
+    async with trio.open_nursery() as nursery:
+        await start(nursery, nodes[0], [], bootstrap_s=1, dead_grace_s=2)
+        for x in nodes[1:]:
+            await start(nursery, x, [nodes[0].url], bootstrap_s=1, dead_grace_s=2)
+        await until(lambda: placed(nodes, 4))
+        async with nodes[0].client(agent) as c:
+            for i in range(40):
+                await c.store(ns, f"memory {i} before the death", id=f"d{i}")
+        repls = [x.cluster.replication for x in nodes if x.cluster]
+        await until(lambda: all(trio.current_time() > r._bootstrap_until for r in repls))
+        victim, survivors = nodes[3], nodes[:3]
+        assert victim.scope is not None
+        victim.scope.cancel()
+        live = repls[:3]
+        await until(lambda: all(r.placement is not None and len(r.placement.nodes) == 3 for r in live),
+                    timeout_s=60, what="the dead node left the ring")
+        await until(lambda: all(r.rb.settled() for r in live), timeout_s=120, what="re-replicated")
+        for i in range(40):
+            holders = [x for x in survivors if x.cluster and x.cluster.store.get(Kind.MEMORY, (ns, f"d{i}")) is not None]
+            assert len(holders) == 3, i
         nursery.cancel_scope.cancel()
 
 
