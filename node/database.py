@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -286,6 +286,19 @@ class Database:
                 return await trio.to_thread.run_sync(_in_read_txn, fn, conn)
             finally:
                 self._readers.append(conn)
+
+    async def write_each(self, fns: Sequence[WriteFn[Any]]) -> list[Any]:
+        """Queue several writes at once and wait for all: each is atomic on its own (its own
+        SAVEPOINT), they commit in order, usually in one transaction. Each entry of the answer is that
+        write's result or the MnemonetError it failed with; one failing never undoes another."""
+        if not self._running:
+            raise Unavailable("storage is not running")
+        pendings: list[_PendingWrite[Any]] = [_PendingWrite(fn) for fn in fns]
+        for p in pendings:
+            self._queue_send.send_nowait(p)
+        for p in pendings:
+            await p.done.wait()
+        return [p.error if p.error is not None else p.result.value for p in pendings]
 
     async def write(self, fn: WriteFn[T]) -> T:
         """Queue a write, wait until its batch has committed, return its result or raise its error."""

@@ -327,66 +327,71 @@ class Replication:
                 log.exception("replica lane batch failed")
 
     async def _commit_lane(self, items: list[Any]) -> None:
-        """One transaction for every durable effect of `items`, in order; then their messages."""
+        """Every durable effect of `items`, each item atomic on its own (one bad record or failed
+        statement fails only its item), committed in order; then each item's messages if it held."""
         bits = self.store.partition_bits
         now_ms = self._wall_ms()
-        ops: list[Callable[[Any], Applied[Any]]] = []
+        fns: list[Callable[[Any], Applied[Any]]] = []
+        fn_item: list[int] = []  # which item each write belongs to
         after: list[Any] = []  # what to send once committed, per item
         epochs: dict[int, int] = {}
-        for item in items:
+        for i, item in enumerate(items):
             if not isinstance(item, tuple):
-                ops += self._durable_ops(item)
+                ops = self._durable_ops(item)
                 after.append(item)
-                continue
-            _, src, puts, entry_epochs = item
-            keep: list[PutRecord] = []
-            hinted: list[Any] = []
-            own: list[Record] = []
-            for put in puts:
-                p = put.record.partition(bits)
-                if put.hint_for in (None, self.me):
-                    if p in self._dropped:  # dropped after every new owner confirmed it: not ours
-                        self.links.send(src, PutAck(put.req, False, "not_owner"))
+            else:
+                _, src, puts, entry_epochs = item
+                keep: list[PutRecord] = []
+                hinted: list[Any] = []
+                own: list[Record] = []
+                for put in puts:
+                    p = put.record.partition(bits)
+                    if put.hint_for in (None, self.me):
+                        if p in self._dropped:  # dropped after every new owner confirmed it: not ours
+                            self.links.send(src, PutAck(put.req, False, "not_owner"))
+                            continue
+                        own.append(put.record)
+                    else:
+                        hinted += self.hints.add(put.hint_for, put.record, self._hint_now())
+                    epochs.setdefault(p, entry_epochs[p])
+                    keep.append(put)
+                ops = []
+                if own:
+                    try:
+                        ops.append(self.store.apply_fn(own, now_ms))
+                    except MnemonetError as e:  # a malformed record: refuse this batch's puts, keep the rest
+                        self.stats["puts_refused"] += len(keep)
+                        for put in keep:
+                            self.links.send(src, PutAck(put.req, False, e.code))
+                        after.append(None)
                         continue
-                    own.append(put.record)
-                else:
-                    hinted += self.hints.add(put.hint_for, put.record, self._hint_now())
-                epochs.setdefault(p, entry_epochs[p])
-                keep.append(put)
-            if own:
-                try:
-                    ops.append(self.store.apply_fn(own, now_ms))
-                except MnemonetError as e:  # a malformed record: refuse this batch's puts, keep the rest
-                    self.stats["puts_refused"] += len(keep)
-                    for put in keep:
-                        self.links.send(src, PutAck(put.req, False, e.code))
-                    continue
-            ops += self._durable_ops(hinted)
-            after.append(("acks", src, keep, [e for e in hinted if isinstance(e, Send)]))
-        ok = True
-        if ops:
-            def fn(conn: Any) -> Applied[None]:
-                effects: list[Any] = []
-                for op in ops:
-                    effects += op(conn).effects
-                return Applied(None, tuple(effects))
-            try:
-                await self.store.db.write(fn)
-            except Exception as e:  # storage failed: nothing of the batch is acknowledged
-                ok = False
+                ops += self._durable_ops(hinted)
+                after.append(("acks", src, keep, [e for e in hinted if isinstance(e, Send)]))
+            if ops:
+                fns.append(_chained(ops))
+                fn_item.append(i)
+        failed: set[int] = set()
+        try:
+            results = await self.store.db.write_each(fns) if fns else []
+        except MnemonetError as e:  # storage is not running: nothing of the batch is acknowledged
+            results = [e] * len(fns)
+        for j, res in enumerate(results):
+            if isinstance(res, MnemonetError):
+                failed.add(fn_item[j])
                 self.stats["lane_failures"] += 1
-                log.warning("replica write batch failed: %s", e)
-        for item in after:
+                log.warning("replica write failed: %s", res)
+        for i, item in enumerate(after):
             if isinstance(item, tuple):
                 _, src, keep, sends = item
                 for put in keep:
                     # A put whose partition was dropped while it waited was deleted with it: not acked.
                     p = put.record.partition(bits)
-                    good = ok and self._drop_epoch[p] == epochs[p]
+                    good = i not in failed and self._drop_epoch[p] == epochs[p]
                     self.links.send(src, PutAck(put.req, good, "ok" if good else "unavailable"))
-                for s in sends:
-                    self.links.send(s.to, s.msg)
-            elif ok:
+                if i not in failed:
+                    for s in sends:
+                        self.links.send(s.to, s.msg)
+            elif item is not None and i not in failed:
                 for effect in item:
                     self._now(effect)
         self._rearm.set()
@@ -532,6 +537,16 @@ class Replication:
             except Exception:
                 self.stats["gc_errors"] += 1
                 log.exception("tombstone collection failed")
+
+
+def _chained(ops: Sequence[Callable[[Any], Applied[Any]]]) -> Callable[[Any], Applied[None]]:
+    """One write running `ops` in order (atomic together: one SAVEPOINT in Database)."""
+    def fn(conn: Any) -> Applied[None]:
+        effects: list[Any] = []
+        for op in ops:
+            effects += op(conn).effects
+        return Applied(None, tuple(effects))
+    return fn
 
 
 def _partition(kind: Kind, key: tuple[str, ...], bits: int) -> int:

@@ -219,14 +219,15 @@ async def test_a_joining_node_takes_its_share_and_old_owners_drop_theirs(
         from ring.partition import memory_key
         placement = newcomer.placement
         assert placement is not None
-        mine = 0
-        for i in range(60):
-            owners = set(placement.owners(memory_key(ns, f"j{i}")))
-            holders = {x.identity.agent_id for x in nodes
-                       if x.cluster and x.cluster.store.get(Kind.MEMORY, (ns, f"j{i}")) is not None}
-            assert holders == owners, i  # the newcomer has what it owns; nobody keeps what it lost
-            mine += newcomer.me in owners
-        assert mine > 0
+        owners = {i: set(placement.owners(memory_key(ns, f"j{i}"))) for i in range(60)}
+
+        def holders(i: int) -> set[str]:
+            return {x.identity.agent_id for x in nodes
+                    if x.cluster and x.cluster.store.get(Kind.MEMORY, (ns, f"j{i}")) is not None}
+        # The newcomer has what it owns; nobody keeps what it lost (the last drops may still be in the
+        # lane when the rebalancers report settled, hence the bounded wait).
+        await until(lambda: all(holders(i) == owners[i] for i in range(60)), what="items on exactly their owners")
+        assert any(newcomer.me in o for o in owners.values())
         async with nodes[3].client(agent) as c:
             for i in (0, 31, 59):
                 assert (await c.get(ns, f"j{i}")).content == f"memory {i} before the join"
@@ -257,9 +258,9 @@ async def test_a_dead_node_leaves_the_ring_after_its_grace_and_its_data_is_re_re
         await until(lambda: all(r.placement is not None and len(r.placement.nodes) == 3 for r in live),
                     timeout_s=60, what="the dead node left the ring")
         await until(lambda: all(r.rb.settled() for r in live), timeout_s=120, what="re-replicated")
-        for i in range(40):
-            holders = [x for x in survivors if x.cluster and x.cluster.store.get(Kind.MEMORY, (ns, f"d{i}")) is not None]
-            assert len(holders) == 3, i
+        def copies(i: int) -> int:
+            return sum(1 for x in survivors if x.cluster and x.cluster.store.get(Kind.MEMORY, (ns, f"d{i}")) is not None)
+        await until(lambda: all(copies(i) == 3 for i in range(40)), what="3 copies again")  # pages may be in the lane
         nursery.cancel_scope.cancel()
 
 

@@ -65,6 +65,32 @@ async def test_group_commit_isolates_failures(tmp_path: Path) -> None:
     db.close()
 
 
+async def test_write_each_keeps_every_write_atomic_on_its_own_and_in_order(tmp_path: Path) -> None:
+    db = Database(tmp_path / "t.sqlite3", fsync="normal", write_batch_max=8)
+
+    def op(i: int):  # type: ignore[no-untyped-def]
+        def fn(conn: sqlite3.Connection) -> Applied[int]:
+            conn.execute("INSERT INTO meta(k, v) VALUES('seq', ?) ON CONFLICT(k) DO UPDATE SET v=v || ',' || excluded.v",
+                         (str(i),))
+            conn.execute("INSERT INTO meta(k, v) VALUES(?, 'x')", (f"w{i}",))
+            if i % 4 == 0:
+                raise Conflict("planned failure after two statements")
+            return Applied(i)
+        return fn
+
+    async with trio.open_nursery() as n:
+        await n.start(db.run)
+        out = await db.write_each([op(i) for i in range(1, 20)])
+        n.cancel_scope.cancel()
+    ok = [i for i in range(1, 20) if i % 4]
+    assert [x for x in out if not isinstance(x, Conflict)] == ok
+    assert [i for i, x in zip(range(1, 20), out) if isinstance(x, Conflict)] == [4, 8, 12, 16]
+    conn = db.writer_sync()
+    assert conn.execute("SELECT v FROM meta WHERE k='seq'").fetchone()[0] == ",".join(map(str, ok))  # in order
+    assert {r[0] for r in conn.execute("SELECT k FROM meta WHERE k LIKE 'w%'")} == {f"w{i}" for i in ok}
+    db.close()
+
+
 async def test_write_before_run_is_unavailable(tmp_path: Path) -> None:
     db = Database(tmp_path / "t.sqlite3")
     with pytest.raises(Unavailable):
