@@ -75,6 +75,9 @@ class ClusterConfig:
     first of a burst): a forming cluster does not re-plan its moves once per joining member."""
     lane_batch_max: int = 512
     """Lane items (message batches, effect lists) committed in one SQLite transaction."""
+    lane_queue_max: int = 2048
+    """Lane items waiting to commit; beyond it the inbox stops taking batches (and, once the inbox is
+    full, drops them: the senders' retries take over) until the lane catches up."""
     inbox_max: int = 8192
     """Inbound message batches waiting to be routed; beyond it batches are dropped (counted) and the
     senders' retries take over."""
@@ -153,7 +156,8 @@ class Replication:
         self._rearm = trio.Event()
         self._view_changed = trio.Event()
         self._inbox_send, self._inbox_recv = trio.open_memory_channel[tuple[str, list[object]]](self.config.inbox_max)
-        self._lane_send, self._lane_recv = trio.open_memory_channel[Any](math.inf)
+        self._lane_send, self._lane_recv = trio.open_memory_channel[Any](math.inf)  # bounded by the inbox loop
+        self._lane_room = trio.Event()
         self.handlers: dict[type, Callable[[str, Any], None]] = {}  # extra message types (e.g. search)
         self.stats: Counter[str] = Counter()
         self._ready = trio.Event()
@@ -279,6 +283,10 @@ class Replication:
                 bits = self.store.partition_bits
                 epochs = {p: self._drop_epoch[p] for p in (put.record.partition(bits) for put in puts)}
                 self._lane_send.send_nowait(("puts", src, puts, epochs))
+            while self._lane_recv.statistics().current_buffer_used >= self.config.lane_queue_max:
+                self.stats["lane_full_waits"] += 1  # back-pressure: stop reading the inbox
+                self._lane_room = trio.Event()
+                await self._lane_room.wait()
             await trio.lowlevel.checkpoint()
 
     def _handle(self, src: str, msg: object) -> None:
@@ -320,6 +328,7 @@ class Replication:
                     items.append(self._lane_recv.receive_nowait())
                 except trio.WouldBlock:
                     break
+            self._lane_room.set()
             try:
                 await self._commit_lane(items)
             except Exception:  # a core bug or a bad record must not stop the lane (nothing was acked)
@@ -339,6 +348,9 @@ class Replication:
             if not isinstance(item, tuple):
                 ops = self._durable_ops(item)
                 after.append(item)
+            elif item[0] == "write":  # a plain write in lane order (the settled ring)
+                ops = [item[1]]
+                after.append(None)
             else:
                 _, src, puts, entry_epochs = item
                 keep: list[PutRecord] = []
@@ -440,7 +452,7 @@ class Replication:
         # join completes, and must then pull its share as a newcomer, not shed "its" data to the ring.
         if self.rb.settled() and self.placement is not None and self._persisted is not self.placement \
                 and len(self.placement.nodes) > 1:
-            await self._persist_settled(self.placement)
+            self._persist_settled(self.placement)
 
     # ---- membership -> placement ----
     async def _view_loop(self) -> None:
@@ -494,7 +506,9 @@ class Replication:
             return list(json.loads(row[0])) if row else []
         return await self.store.db.read(read)
 
-    async def _persist_settled(self, placement: Placement) -> None:
+    def _persist_settled(self, placement: Placement) -> None:
+        """Record `placement` as what this node's data is placed by. Through the lane, behind the
+        pulled pages still waiting there: a crash must not leave the ring recorded without them."""
         self.settled = self._persisted = placement
         text = json.dumps(list(placement.nodes))
 
@@ -502,7 +516,7 @@ class Replication:
             conn.execute("INSERT INTO meta(k, v) VALUES(?, ?) ON CONFLICT(k) DO UPDATE SET v=excluded.v",
                          (RING_META_KEY, text))
             return Applied(None)
-        await self.store.db.write(write)
+        self._lane_send.send_nowait(("write", write))
 
     def _hint_now(self) -> float:
         """Hints are persisted with their creation time and must age across restarts, so the hint
