@@ -115,9 +115,10 @@ class ClusterOps:
         counter entry is its running total, so two concurrent read-modify-writes here would lose one.
         A write that fails `unavailable` may still land later (it reached some replica, and the next
         update here builds on it): as everywhere in a Dynamo-style store, unavailable is not undone."""
-        lock = self._locks.setdefault((ns, key, kind.value), trio.Lock())
-        async with lock:
-            try:
+        lock_key = (ns, key, kind.value)
+        lock = self._locks.setdefault(lock_key, trio.Lock())
+        try:
+            async with lock:
                 read = _check(await self.r.read(kind, (ns, key), Consistency.QUORUM), "signal not read").record
                 cur = merge(read, self.r.store.own_update(kind, (ns, key)))
                 body = _crdt_body(kind, cur)
@@ -126,9 +127,9 @@ class ClusterOps:
                                                "deleted": False, "state": state.to_wire()})
                 await self.r.store.remember_own_update(new)
                 done = _check(await self.r.write(new, consistency), "signal not written")
-            finally:
-                if not lock.statistics().tasks_waiting:
-                    self._locks.pop((ns, key, kind.value), None)
+        finally:  # the last one out (done, failed or cancelled, even while waiting) removes the entry
+            if not lock.locked() and not lock.statistics().tasks_waiting and self._locks.get(lock_key) is lock:
+                del self._locks[lock_key]
         view = signal_view(key, done.record or new, 0) or {}
         return {**view, "acked": _acked(done)}
 

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+import trio.testing
 
 from node.cluster_ops import ClusterOps
 from node.database import Database
@@ -68,3 +69,49 @@ async def test_a_counter_update_builds_on_this_nodes_own_last_write_even_when_re
 
     # A restarted node whose read finds nothing at all still has its last write (durable): 15 + 1.
     assert await with_store(tmp_path / "db", after_restart) == 16
+
+
+@dataclass
+class GatedReplication(StaleReplication):
+    """Reads return the last write; writes wait for `gate` (so updates queue on the key's lock)."""
+
+    gate: trio.Event = field(default_factory=trio.Event)
+
+    async def read(self, kind: Kind, key: tuple[str, ...], consistency: Any = None) -> Done:
+        return Done(0, True, self.written[-1] if self.written else None)
+
+    async def write(self, record: Record, consistency: Any = None) -> Done:
+        await self.gate.wait()
+        return await super().write(record, consistency)
+
+
+async def test_updates_of_one_key_queue_and_leave_no_lock_behind_even_when_cancelled_while_waiting(
+        tmp_path: Path) -> None:
+    async def body(store: ReplicaStore) -> tuple[Any, int]:
+        r = GatedReplication(store)
+        ops = ClusterOps(r)  # type: ignore[arg-type]
+        results: list[int] = []
+
+        async def incr(n: int, hlc: int) -> None:
+            results.append(int((await ops.signal_update("ns", "k", Kind.COUNTER, hlc, "incr", n, None))["value"]))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(incr, 1, 10)
+            await trio.testing.wait_all_tasks_blocked()
+            waiting = trio.CancelScope()
+            nursery.start_soon(_in_scope, waiting, incr, 100, 11)
+            await trio.testing.wait_all_tasks_blocked()
+            assert len(ops._locks) == 1  # both on the key's lock: one holds it, one waits
+            waiting.cancel()  # the waiter gives up before it gets the lock
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(incr, 2, 12)
+            await trio.testing.wait_all_tasks_blocked()
+            r.gate.set()
+        return results, len(ops._locks)
+
+    results, locks_left = await with_store(tmp_path / "db", body)
+    assert results == [1, 3] and locks_left == 0  # in order, the cancelled +100 never applied, no entry leaked
+
+
+async def _in_scope(scope: trio.CancelScope, fn: Any, *args: Any) -> None:
+    with scope:
+        await fn(*args)
