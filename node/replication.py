@@ -462,29 +462,37 @@ class Replication:
                 await self._view_changed.wait()
             self._view_changed = trio.Event()
             try:
-                self._apply_view()
+                await self._apply_view()
             except Exception:
                 self.stats["view_errors"] += 1
                 log.exception("placement update failed")
             await trio.sleep(self.config.settle_s)
 
-    def _apply_view(self) -> None:
+    async def _apply_view(self) -> None:
         now = trio.current_time()
         s = storage_set(self.me, self._members(), now, self.config.dead_grace_s)
         self.alive = s.alive
         n = self.config.replication.n_replicas
         if self._storage is None or s.members != self._storage.members:
-            new = Placement([StorageNode(m) for m in s.members], min(n, len(s.members)), self.store.partition_bits)
-            if now < self._bootstrap_until or (len(s.members) == 1 and self.settled is None):
+            bits, me = self.store.partition_bits, self.me
+            boot = now < self._bootstrap_until or (len(s.members) == 1 and self.settled is None)
+            settled, restored = self.settled, self._restored_placement
+
+            def compute() -> tuple[Placement, Placement, list[Any], set[int]]:
+                """Placement and diff off the event loop (~0.1-0.3 s at 2**17 partitions)."""
+                new = Placement([StorageNode(m) for m in s.members], min(n, len(s.members)), bits)
+                old = (new if boot and len(s.members) > 1 else None) or settled or restored() or (
+                    Placement([StorageNode(m) for m in s.members if m != me], min(n, len(s.members) - 1), bits)
+                    if len(s.members) > 1 else new)
+                mine = set(new.partitions_of(me).tolist()) if me in new.nodes else set()
+                return new, old, diff(old, new), mine
+            new, old, movements, mine = await trio.to_thread.run_sync(compute)
+            if boot:
                 self.settled = new if len(s.members) > 1 else None
-            old = self.settled or self._restored_placement() or (
-                Placement([StorageNode(m) for m in s.members if m != self.me], min(n, len(s.members) - 1),
-                          self.store.partition_bits) if len(s.members) > 1 else new)
             self.placement = new
             self.view.placement = new
-            mine = set(new.partitions_of(self.me).tolist()) if self.me in new.nodes else set()
             self._dropped -= mine
-            self._route(self.rb.plan(diff(old, new), now))
+            self._route(self.rb.plan(movements, trio.current_time()))
             log.info("placement: %d storage nodes, %d alive", len(s.members), len(s.alive))
         self._storage = s
         assert self.placement is not None
