@@ -102,6 +102,10 @@ class ReplicaStore:
         have = self._digests
         return {p: d.copy() for p in partitions if (d := have.get(p)) is not None and d.count}
 
+    def holds_data(self) -> bool:
+        """Whether any partition holds an item (per the digests)."""
+        return any(d.count for d in self._digests.values())
+
     def partitions(self) -> list[int]:
         """Partitions holding at least one item (per the digests), ascending."""
         return sorted(p for p, d in self._digests.items() if d.count)

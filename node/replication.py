@@ -475,7 +475,11 @@ class Replication:
         n = self.config.replication.n_replicas
         if self._storage is None or s.members != self._storage.members:
             bits, me = self.store.partition_bits, self.me
-            boot = now < self._bootstrap_until or (len(s.members) == 1 and self.settled is None)
+            # Founding: nothing to move while this node holds nothing. Once it holds data (written
+            # during the window), placement changes move it like any other, or a member joining
+            # inside the window would leave copies on nodes that no longer own them.
+            boot = (now < self._bootstrap_until and not self.store.holds_data()) or \
+                (len(s.members) == 1 and self.settled is None)
             settled, restored = self.settled, self._restored_placement
 
             def compute() -> tuple[Placement, Placement, list[Any], set[int]]:

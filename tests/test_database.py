@@ -84,7 +84,7 @@ async def test_write_each_keeps_every_write_atomic_on_its_own_and_in_order(tmp_p
         n.cancel_scope.cancel()
     ok = [i for i in range(1, 20) if i % 4]
     assert [x for x in out if not isinstance(x, Conflict)] == ok
-    assert [i for i, x in zip(range(1, 20), out) if isinstance(x, Conflict)] == [4, 8, 12, 16]
+    assert [i for i, x in zip(range(1, 20), out, strict=True) if isinstance(x, Conflict)] == [4, 8, 12, 16]
     conn = db.writer_sync()
     assert conn.execute("SELECT v FROM meta WHERE k='seq'").fetchone()[0] == ",".join(map(str, ok))  # in order
     assert {r[0] for r in conn.execute("SELECT k FROM meta WHERE k LIKE 'w%'")} == {f"w{i}" for i in ok}
