@@ -218,30 +218,22 @@ class Rebalancer:
         effects: list[Effect] = []
         while self._delayed and self._delayed[0][0] <= now:
             self._queue.append(heapq.heappop(self._delayed)[2])
-        for t in list(self._active.values()):
-            if now - t.sent_at < self._config.rebalance_request_timeout_s:
+        pulls: list[tuple[int, _Task | _Group]] = [*self._active.items(), *self._groups.items()]
+        for tid, pull in pulls:
+            if now - pull.sent_at < self._config.rebalance_request_timeout_s:
                 continue
-            if t.attempts >= self._config.rebalance_request_attempts_max:
-                self._stats.timeouts += 1
-                self._finish(t)
-                self._give_up(t, now)
-            else:
-                t.attempts += 1
-                t.sent_at = now
-                effects.append(self._send(t.source, RbPull(t.transfer, t.partition, t.cursor)))
-        for tid, g in list(self._groups.items()):
-            if now - g.sent_at < self._config.rebalance_request_timeout_s:
-                continue
-            if g.attempts >= self._config.rebalance_request_attempts_max:
-                del self._groups[tid]
-                for t in g.tasks.values():
+            if pull.attempts >= self._config.rebalance_request_attempts_max:
+                tasks = [pull] if isinstance(pull, _Task) else list(self._groups.pop(tid).tasks.values())
+                for t in tasks:
                     self._stats.timeouts += 1
                     self._finish(t)
                     self._give_up(t, now)
             else:
-                g.attempts += 1
-                g.sent_at = now
-                effects.append(self._send(g.source, RbPullMany(tid, tuple(g.tasks))))
+                pull.attempts += 1
+                pull.sent_at = now
+                msg = RbPull(tid, pull.partition, pull.cursor) if isinstance(pull, _Task) \
+                    else RbPullMany(tid, tuple(pull.tasks))
+                effects.append(self._send(pull.source, msg))
         if now >= self._nudge_s:
             self._nudge_s = now + self._config.rebalance_nudge_interval_s
             effects += self._nudges()
