@@ -4,7 +4,9 @@ Owns measurement only; it must not tune ring/ or node/. Section "ring": ring/par
 partitions placed by weighted rendezvous hashing) against uhashring (a plain consistent-hash ring, 160
 vnodes per node), in the same process: balance, movement on a join/leave, capacity proportionality,
 lookup rates, and how many double failures cost some key its quorum (RF 3, W = R = 2).
-Run: python bench/cluster.py [--sections ring] [--nodes 30] [--keys 200000] [--seed 1]
+Sections quorum, join, repair, search: real nodes in one process (bench/cluster_nodes.py).
+Run: python bench/cluster.py [--sections ring,quorum,join,repair,search] [--nodes 30] [--keys 200000] [--seed 1]
+     quick node run: --sections quorum,join,repair,search --memories 20000 --missed 2000 --ops 500
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench import cluster_nodes  # noqa: E402
 from bench.tables import print_table  # noqa: E402
 from ring.partition import Placement, StorageNode, diff, memory_key  # noqa: E402
 
@@ -366,6 +369,7 @@ def print_ring(res: dict[str, Any]) -> None:
 
 SECTIONS: dict[str, tuple[Callable[[argparse.Namespace], dict[str, Any]], Callable[[dict[str, Any]], None]]] = {
     "ring": (ring_section, print_ring),
+    **cluster_nodes.sections(),
 }
 
 
@@ -377,6 +381,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lookups", type=int, default=200_000, help="keys per lookup-rate run")
     ap.add_argument("--vnodes", type=int, default=160, help="uhashring vnodes per node")
     ap.add_argument("--seed", type=int, default=1)
+    cluster_nodes.add_args(ap)
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "cluster.json"))
     return ap.parse_args(argv)
 

@@ -1,6 +1,9 @@
-"""Smoke test of bench/cluster.py's ring section at a tiny scale (6 nodes, 2000 keys; ~2 s): the result
-has its structure, shares are shares, rates are positive, and the exact partition figures obey the
-placement's guarantees (only the joiner/leaver's data moves; a leave moves exactly the leaver's share)."""
+"""Smoke test of bench/cluster.py at a tiny scale. Ring section (6 nodes, 2000 keys; ~2 s; needs uhashring):
+the result has its structure, shares are shares, rates are positive, and the exact partition figures obey
+the placement's guarantees (only the joiner/leaver's data moves; a leave moves exactly the leaver's share).
+Node sections (quorum, join, repair, search: real nodes in this process, a few hundred items): each
+returns its keys with sane values (ops > 0, p50 <= p99, ratios > 0, the newcomer holds exactly its share,
+the repaired replica got the missed records)."""
 
 from __future__ import annotations
 
@@ -11,15 +14,14 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("uhashring")
-
-from bench import cluster  # noqa: E402
+from bench import cluster
 
 NODES = 6
 
 
 @pytest.fixture(scope="module")
 def ring() -> dict[str, Any]:
+    pytest.importorskip("uhashring")
     return cluster.ring_section(cluster.parse_args(["--nodes", str(NODES), "--keys", "2000", "--lookups", "300"]))
 
 
@@ -79,3 +81,71 @@ def test_main_merges_sections_into_existing_json(tmp_path: Path, monkeypatch: py
     assert got["fake"]["nodes"] == 5 and "wall_s" in got["fake"]
     with pytest.raises(SystemExit):
         cluster.main(["--sections", "nope", "--out", str(out)])
+
+
+# ---------------------------------------------------------------- node sections
+
+NODE_ARGS = ["--ring-nodes", "3", "--memories", "300", "--missed", "60", "--ops", "40", "--queries", "20",
+             "--inflight", "4", "--ae-interval", "1.0"]
+
+
+def _section(name: str) -> dict[str, Any]:
+    run, show = cluster.SECTIONS[name]
+    res = run(cluster.parse_args(NODE_ARGS))
+    show(res)  # the table prints from this JSON without a KeyError
+    return res
+
+
+def _latency_ok(m: dict[str, Any]) -> None:
+    assert m["ops"] > 0 and m["ops_per_s"] > 0, m
+    assert 0 < m["p50_ms"] <= m["p99_ms"] <= m["max_ms"], m
+
+
+def test_quorum_section() -> None:
+    res = _section("quorum")
+    assert res["params"]["nodes"] == 3 and res["params"]["ops"] == 40
+    for side in ("single", "cluster"):
+        for m in ("write_seq", "write_conc", "read_seq", "read_conc"):
+            _latency_ok(res[side][m])
+        assert res[side]["write_conc"]["inflight"] == 4 and res[side]["write_seq"]["inflight"] == 1
+    assert len(res["ratios"]) == 8 and all(v > 0 for v in res["ratios"].values()), res["ratios"]
+
+
+@pytest.mark.slow  # ~12-25 s here: the newcomer pulls ~98k (mostly empty) partitions of 2**17 whatever the data size
+def test_join_section() -> None:
+    res = _section("join")
+    assert res["params"]["memories"] == 300 and res["params"]["nodes_before"] == 3
+    # RF 3 on 3 nodes: every node held everything; the 4th owns 3/4 of the partitions.
+    assert sum(res["copies_loaded"].values()) == 900
+    assert 0 < res["newcomer_share_records"] == res["newcomer_held_records"] <= 300
+    assert res["records_received"] >= res["newcomer_share_records"]
+    assert res["join_s"] >= res["placed_s"] > 0
+    assert res["partitions_pulled"] == res["partitions_gained"] > 0
+    assert res["link_bytes_received"] > res["record_bytes_held"] > 0
+    assert res["mb_per_s_link"] > 0 and res["mb_per_s_records"] > 0 and res["records_per_s"] > 0
+
+
+def test_repair_section() -> None:
+    res = _section("repair")
+    assert res["params"]["missed"] == 60 and res["params"]["base_memories"] == 300
+    assert 0 < res["partitions_affected"] <= 60
+    assert res["repair_s_from_first_write"] >= res["repair_s"] > 0
+    assert res["victim_records_received"] >= 60  # digests matched: it got every missed record
+    assert res["peers_records_sent"] >= res["victim_records_received"] - res["repaired_before_writes_done"]
+    assert res["records_per_s"] > 0
+
+
+def test_search_section() -> None:
+    res = _section("search")
+    assert res["params"]["memories"] == 300 and res["params"]["queries"] == 20
+    for side in ("single", "cluster"):
+        _latency_ok(res[side]["seq"])
+        _latency_ok(res[side]["conc"])
+        assert res[side]["hit_at_1"] >= 0.9, res[side]  # the query is a stored text: it comes first
+    assert res["cluster"]["partial"] == 0
+    assert all(v > 0 for v in res["ratios"].values()), res["ratios"]
+
+
+def test_node_sections_are_registered() -> None:
+    assert {"ring", "quorum", "join", "repair", "search"} <= set(cluster.SECTIONS)
+    assert cluster.parse_args(["--sections", "ring"]).sections == "ring"
