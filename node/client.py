@@ -87,11 +87,11 @@ class MemoryClient:
     async def aclose(self) -> None:
         if self._nursery is None:
             return
-        self._nursery.cancel_scope.cancel()
-        if self._ws is not None:
+        if self._ws is not None:  # close first: the connection's reader (in our nursery) gets the reply
             with trio.move_on_after(1) as cs:
                 cs.shield = True
                 await self._ws.aclose()
+        self._nursery.cancel_scope.cancel()
         self._fail_pending(Unavailable("client closed"))
         self._nursery = None
         await self._nursery_cm.__aexit__(None, None, None)
