@@ -163,6 +163,7 @@ class Replication:
         self._ready = trio.Event()
         self._restored: list[str] = []
         self._bootstrap_until = now + self.config.bootstrap_s
+        self._started = now
 
     # ---- public ----
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -470,7 +471,7 @@ class Replication:
 
     async def _apply_view(self) -> None:
         now = trio.current_time()
-        s = storage_set(self.me, self._members(), now, self.config.dead_grace_s)
+        s = storage_set(self.me, self._members(), now, self.config.dead_grace_s, self._restored, self._started)
         self.alive = s.alive
         n = self.config.replication.n_replicas
         if self._storage is None or s.members != self._storage.members:
