@@ -86,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
     n.add_argument("--cluster", action="store_true",
                    help="cluster mode: data is partitioned over the storage members on a consistent-hash ring, "
                         "3 replicas per key, quorum reads and writes (needs gossip)")
+    n.add_argument("--fault-signals", action="store_true",
+                   help="fault tests: SIGUSR1 cuts this node off from every peer (gossip and replica frames are "
+                        "dropped both ways; clients are still served), SIGUSR2 heals it")
     n.add_argument("--bootstrap-s", type=float, default=0.0, metavar="SECONDS",
                    help="founding member of a new cluster: adopt placement changes without pulling data for this "
                         "long after start (a node joining an existing cluster leaves it at 0 and pulls its share)")
@@ -157,6 +160,7 @@ async def _serve(args: argparse.Namespace) -> None:
     from gossip.messages import Meta
     from node.config import NodeConfig
     from node.gossip_transport import WebsocketTransport
+    from node.isolation import Isolation
     from node.membership import Membership
     from node.server import run_node
     from node.service import Service
@@ -179,7 +183,13 @@ async def _serve(args: argparse.Namespace) -> None:
         cluster = ClusterNode(service, network=args.network,
                               config=ClusterConfig(bootstrap_s=args.bootstrap_s) if args.bootstrap_s else None)
         peer_handlers = cluster.peer_handlers
-    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    isolation = Isolation()
+    if transport is not None:
+        transport.isolation = isolation
+    if cluster is not None:
+        cluster.replication.links.isolation = isolation
+    fault_signals = (signal.SIGUSR1, signal.SIGUSR2) if args.fault_signals else ()
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, *fault_signals) as signals:
         async with trio.open_nursery() as nursery:
             bound = await nursery.start(functools.partial(
                 run_node, service, host, port, gossip_handler=transport.handle_request if transport else None,
@@ -202,7 +212,12 @@ async def _serve(args: argparse.Namespace) -> None:
                     await nursery.start(cluster.run)
             # One machine-readable line: launchers wait for it instead of polling the port.
             print(f"LISTENING {url} {identity.agent_id}", flush=True)
-            async for _ in signals:
+            async for signum in signals:
+                if signum in fault_signals:
+                    isolation.on = signum == signal.SIGUSR1
+                    logging.getLogger("mnemonet.node").warning(
+                        "fault: %s", "isolated from every peer" if isolation.on else "healed")
+                    continue
                 if service.membership is not None:
                     with trio.move_on_after(2):
                         await service.membership.leave()

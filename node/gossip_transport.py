@@ -18,6 +18,7 @@ from trio_websocket import (
     serve_websocket,
 )
 
+from node.isolation import Isolation
 from node.peer_socket import ConnectFailed, peer_socket
 
 log = logging.getLogger("mnemonet.gossip_transport")
@@ -124,6 +125,8 @@ class WebsocketTransport:
         self._nursery: trio.Nursery | None = None
         self._inbound_send, self._inbound_recv = trio.open_memory_channel[bytes](self.config.inbound_queue_max)
         self._inbound_connections = 0
+        self.isolation: Isolation | None = None
+        """Set by the node for fault tests (node/isolation.py): while on, frames are dropped both ways."""
         self._stats = dict.fromkeys((
             "sent", "send_failed", "dropped_queue_full", "dropped_backoff", "dropped_too_large",
             "dropped_evicted", "dropped_after_failure", "connects", "connect_failed", "evicted", "idle_closed",
@@ -144,6 +147,8 @@ class WebsocketTransport:
             raise RuntimeError("transport is not running (start run() in a nursery first)")
         if len(frame) > self.config.frame_bytes_max:
             self._stats["dropped_too_large"] += 1
+            return
+        if self.isolation is not None and self.isolation.drop_sent():
             return
         peer = self._peers.get(addr)
         if peer is None:
@@ -243,6 +248,8 @@ class WebsocketTransport:
             self._inbound_connections -= 1
 
     def _deliver(self, frame: bytes) -> None:
+        if self.isolation is not None and self.isolation.drop_received():
+            return
         try:
             self._inbound_send.send_nowait(frame)
             self._stats["received"] += 1

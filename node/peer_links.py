@@ -20,6 +20,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from crypto.errors import MnemonetError
 from crypto.identity import Identity, PublicKeyCache
+from node.isolation import Isolation
 from node.peer_socket import ConnectFailed, peer_socket
 from node.replica_codec import FRAME_OVERHEAD_BYTES, decode_frame, encode_frame, message_bytes
 
@@ -95,6 +96,8 @@ class PeerLinks:
         self._peers: dict[str, _Peer] = {}
         self._nursery: trio.Nursery | None = None
         self._inbound = 0
+        self.isolation: Isolation | None = None
+        """Set by the node for fault tests (node/isolation.py): while on, frames are dropped both ways."""
         self.stats = dict.fromkeys((
             "messages_sent", "frames_sent", "bytes_sent", "dropped_queue_full", "dropped_unknown_peer",
             "dropped_after_failure", "dropped_backoff", "connects", "connect_failed", "send_failed",
@@ -119,6 +122,8 @@ class PeerLinks:
         (which only queues them), so they take the same path as remote ones."""
         if to == self.me:
             self._deliver(to, [msg])
+            return
+        if self.isolation is not None and self.isolation.drop_sent():
             return
         peer = self._peers.get(to)
         if peer is None:
@@ -219,6 +224,8 @@ class PeerLinks:
 
     def receive_frame(self, data: bytes) -> None:
         """Verify one frame and deliver its messages; refuse (count, drop) anything else."""
+        if self.isolation is not None and self.isolation.drop_received():
+            return
         try:
             src, msgs = decode_frame(data, network=self.network, now_ms=self._wall_ms(), skew_ms=self.config.skew_ms,
                                      keys=self._keys, bytes_max=self.config.frame_bytes_max)

@@ -1,5 +1,5 @@
 """Real `mnemonet node --cluster` processes on loopback for fault tests: start, SIGKILL/restart on the
-same port and data, SIGSTOP/SIGCONT, cluster statistics, and the replica-convergence check over each
+same port and data, SIGSTOP/SIGCONT, isolation from every peer (SIGUSR1/SIGUSR2, `--fault-signals`), cluster statistics, and the replica-convergence check over each
 node's SQLite file. Test helper only: it must not change node behaviour or stop processes it did not start.
 
 Run as `python -m tests.cluster_procs node ...` it is `mnemonet node ...` with one knob the CLI does not
@@ -71,6 +71,15 @@ class ClusterProc:
         assert self.proc is not None and self.proc.returncode is None
         os.kill(self.proc.pid, signal.SIGCONT)
 
+    def isolate(self) -> None:
+        """Cut it off from every peer while it keeps running (needs --fault-signals; node/isolation.py)."""
+        assert self.proc is not None and self.proc.returncode is None
+        os.kill(self.proc.pid, signal.SIGUSR1)
+
+    def heal(self) -> None:
+        assert self.proc is not None and self.proc.returncode is None
+        os.kill(self.proc.pid, signal.SIGUSR2)
+
 
 async def spawn(data: Path, key: Path, args: Sequence[str], ae_interval_s: float | None) -> tuple[trio.Process, str]:
     """Start one node process (as tests/test_durability.py does) and wait for its LISTENING line."""
@@ -109,7 +118,7 @@ def make_procs(tmp: Path, count: int, network: str, bootstrap_s: float,
         ident.save(key)
         out.append(ClusterProc(f"n{i}", tmp / f"n{i}", key, ident.agent_id,
                                ("--cluster", "--bootstrap-s", str(bootstrap_s), "--gossip", "local",
-                                "--network", network, "--fsync", "normal"), ae_interval_s))
+                                "--network", network, "--fsync", "normal", "--fault-signals"), ae_interval_s))
     return out
 
 

@@ -1,11 +1,11 @@
 """Issue 4 on real processes: 7 `mnemonet node --cluster` processes on loopback (RF 3, W = R = 2), writers
-acknowledging writes at QUORUM while one node is SIGKILLed and restarted and another is "partitioned";
-afterwards every acknowledged write reads back at QUORUM and every replica has converged.
+acknowledging writes at QUORUM while one node is SIGKILLed and restarted and another is partitioned
+from all the others and healed; afterwards every acknowledged write reads back at QUORUM and every
+replica has converged.
 
-The partition model is SIGSTOP/SIGCONT: the paused process is cut off from everyone (it neither sends
-nor answers; the kernel still queues bytes sent to it until its socket buffers fill), then healed. It is
-a whole-node isolation (Jepsen's "pause"), not a split between two groups that both keep running: the
-node has no network fault hook on its replica links (node/faults.py wraps the gossip transport only).
+The partition: the node runs with `--fault-signals`; SIGUSR1 makes it drop every gossip and replica
+frame it sends or receives (node/isolation.py) while it keeps running and serving clients, SIGUSR2
+heals it. Writes sent to it while it is cut off must all fail `unavailable` (it cannot reach W=2).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from tests.cluster_procs import (
 
 NODES = 7
 WRITERS = 8
-VICTIM, PAUSED = 5, 6  # indexes: the SIGKILLed node and the paused one; writers use the others
+VICTIM, PARTITIONED = 5, 6  # indexes: the SIGKILLed node and the partitioned one; writers use the others
 COORDINATORS = range(0, 5)
 
 
@@ -85,23 +85,36 @@ async def writer(c: MemoryClient, tally: Tally, ns: str, w: int, count: int, int
                 tally.unavailable += 1
 
 
-async def faults(procs: list[ClusterProc], tally: Tally, duration_s: float) -> None:
-    """SIGKILL at 15 %, pause at 35 %, restart at 55 %, heal at 75 % of the writing time: for a while
-    both are out at once, so keys owned by both have one owner left (stand-ins keep hints)."""
-    victim, paused = procs[VICTIM], procs[PAUSED]
+async def faults(procs: list[ClusterProc], tally: Tally, duration_s: float, agent: Identity) -> None:
+    """SIGKILL at 15 %, partition at 35 %, restart at 55 %, heal at 75 % of the writing time: for a
+    while both are out at once, so keys owned by both have one owner left (stand-ins keep hints).
+    While cut off, the partitioned node is asked to write too: it must never acknowledge."""
+    victim, cut = procs[VICTIM], procs[PARTITIONED]
     t0 = trio.current_time()
     await trio.sleep_until(t0 + 0.15 * duration_s)
     await victim.kill()
     tally.events.append(f"{trio.current_time() - t0:.1f}s SIGKILL {victim.name} after {len(tally.acked)} acks")
     await trio.sleep_until(t0 + 0.35 * duration_s)
-    paused.pause()
-    tally.events.append(f"{trio.current_time() - t0:.1f}s SIGSTOP {paused.name}")
-    await trio.sleep_until(t0 + 0.55 * duration_s)
-    await victim.start()
-    tally.events.append(f"{trio.current_time() - t0:.1f}s restarted {victim.name}")
+    cut.isolate()
+    tally.events.append(f"{trio.current_time() - t0:.1f}s partitioned {cut.name}")
+    refused: list[str] = []
+
+    async def write_to_cut_node(i: int) -> None:
+        async with MemoryClient(cut.url, agent, sign_records=False) as c:
+            with pytest.raises(Unavailable):
+                await c.store(agent.agent_id, f"written to the cut-off node {i}", id=f"cut-{i}")
+            refused.append(f"cut-{i}")
+    async with trio.open_nursery() as n:
+        for i in range(3):
+            n.start_soon(write_to_cut_node, i)
+        await trio.sleep_until(t0 + 0.55 * duration_s)
+        await victim.start()
+        tally.events.append(f"{trio.current_time() - t0:.1f}s restarted {victim.name}")
+    assert len(refused) == 3  # a node cut off from everyone acknowledges nothing
+    tally.events.append(f"{trio.current_time() - t0:.1f}s 3 writes through {cut.name} refused unavailable")
     await trio.sleep_until(t0 + 0.75 * duration_s)
-    paused.resume()
-    tally.events.append(f"{trio.current_time() - t0:.1f}s SIGCONT {paused.name} after {len(tally.acked)} acks")
+    cut.heal()
+    tally.events.append(f"{trio.current_time() - t0:.1f}s healed {cut.name} after {len(tally.acked)} acks")
 
 
 async def run_scenario(tmp: Path, sc: Scenario) -> None:
@@ -126,7 +139,7 @@ async def run_scenario(tmp: Path, sc: Scenario) -> None:
         per_writer = sc.writes // WRITERS
         async with clients([procs[COORDINATORS[w % len(COORDINATORS)]].url for w in range(WRITERS)], agent,
                            timeout_s=10) as cs, trio.open_nursery() as n:
-            n.start_soon(faults, procs, tally, sc.duration_s)
+            n.start_soon(faults, procs, tally, sc.duration_s, agent)
             for w in range(WRITERS):
                 n.start_soon(writer, cs[w], tally, ns, w, per_writer, sc.duration_s / per_writer)
         t_write = trio.current_time() - t_write
@@ -204,10 +217,10 @@ async def run_scenario(tmp: Path, sc: Scenario) -> None:
         await kill_all(procs)
 
 
-async def test_acked_writes_survive_kill_and_pause_fast(tmp_path: Path) -> None:
+async def test_acked_writes_survive_kill_and_partition_fast(tmp_path: Path) -> None:
     await run_scenario(tmp_path, Scenario(writes=600, duration_s=8.0, ae_interval_s=3.0))
 
 
 @pytest.mark.slow
-async def test_acked_writes_survive_kill_and_pause_thousands(tmp_path: Path) -> None:
+async def test_acked_writes_survive_kill_and_partition_thousands(tmp_path: Path) -> None:
     await run_scenario(tmp_path, Scenario(writes=4000, duration_s=30.0, ae_interval_s=None))
