@@ -344,7 +344,6 @@ class Replication:
         fns: list[Callable[[Any], Applied[Any]]] = []
         fn_item: list[int] = []  # which item each write belongs to
         after: list[Any] = []  # what to send once committed, per item
-        epochs: dict[int, int] = {}
         for i, item in enumerate(items):
             if not isinstance(item, tuple):
                 ops = self._durable_ops(item)
@@ -366,7 +365,6 @@ class Replication:
                         own.append(put.record)
                     else:
                         hinted += self.hints.add(put.hint_for, put.record, self._hint_now())
-                    epochs.setdefault(p, entry_epochs[p])
                     keep.append(put)
                 ops = []
                 if own:
@@ -379,7 +377,7 @@ class Replication:
                         after.append(None)
                         continue
                 ops += self._durable_ops(hinted)
-                after.append(("acks", src, keep, [e for e in hinted if isinstance(e, Send)]))
+                after.append(("acks", src, keep, [e for e in hinted if isinstance(e, Send)], entry_epochs))
             if ops:
                 fns.append(_chained(ops))
                 fn_item.append(i)
@@ -395,11 +393,11 @@ class Replication:
                 log.warning("replica write failed: %s", res)
         for i, item in enumerate(after):
             if isinstance(item, tuple):
-                _, src, keep, sends = item
+                _, src, keep, sends, entry_epochs = item
                 for put in keep:
                     # A put whose partition was dropped while it waited was deleted with it: not acked.
                     p = put.record.partition(bits)
-                    good = i not in failed and self._drop_epoch[p] == epochs[p]
+                    good = i not in failed and self._drop_epoch[p] == entry_epochs[p]
                     self.links.send(src, PutAck(put.req, good, "ok" if good else "unavailable"))
                 if i not in failed:
                     for s in sends:

@@ -1,6 +1,6 @@
 """Real `mnemonet node --cluster` processes on loopback for fault tests: start, SIGKILL/restart on the
-same port and data, SIGSTOP/SIGCONT, isolation from every peer (SIGUSR1/SIGUSR2, `--fault-signals`), cluster statistics, and the replica-convergence check over each
-node's SQLite file. Test helper only: it must not change node behaviour or stop processes it did not start.
+same port and data, isolation from every peer (SIGUSR1/SIGUSR2, `--fault-signals`), cluster statistics,
+and the replica-convergence check over each node's SQLite file. Test helper only: it must not change node behaviour or stop processes it did not start.
 
 Run as `python -m tests.cluster_procs node ...` it is `mnemonet node ...` with one knob the CLI does not
 expose: the anti-entropy interval (env MNEMONET_TEST_AE_INTERVAL_S), so a CI-sized run converges in seconds.
@@ -63,22 +63,16 @@ class ClusterProc:
             self.proc.kill()
             await self.proc.wait()
 
-    def pause(self) -> None:
-        assert self.proc is not None and self.proc.returncode is None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None and self.proc.returncode is None
-        os.kill(self.proc.pid, signal.SIGCONT)
-
     def isolate(self) -> None:
         """Cut it off from every peer while it keeps running (needs --fault-signals; node/isolation.py)."""
-        assert self.proc is not None and self.proc.returncode is None
-        os.kill(self.proc.pid, signal.SIGUSR1)
+        self._signal(signal.SIGUSR1)
 
     def heal(self) -> None:
+        self._signal(signal.SIGUSR2)
+
+    def _signal(self, sig: signal.Signals) -> None:
         assert self.proc is not None and self.proc.returncode is None
-        os.kill(self.proc.pid, signal.SIGUSR2)
+        os.kill(self.proc.pid, sig)
 
 
 async def spawn(data: Path, key: Path, args: Sequence[str], ae_interval_s: float | None) -> tuple[trio.Process, str]:
