@@ -253,14 +253,11 @@ class Rebalancer:
     def _serve(self, src: str, msg: RbPull) -> Send:
         after = None if msg.after is None else as_ref(msg.after)
         cfg = self._config
-        records = self._view.records_after(msg.partition, after, cfg.rebalance_records_per_page_max)
-        sent = pack(records, cfg.rebalance_page_bytes_max)
-        more = len(sent) < len(records) or len(records) == cfg.rebalance_records_per_page_max
-        d = self._digest(msg.partition)
+        page = self._build_page(msg.transfer, msg.partition, after, cfg.rebalance_records_per_page_max,
+                                cfg.rebalance_page_bytes_max)
+        assert page is not None  # the budget is positive
         self._stats.pages_served += 1
-        self._stats.records_served += len(sent)
-        return self._send(src, RbPage(msg.transfer, msg.partition, after, tuple(sent),
-                                      ref_of(sent[-1]) if more and sent else None, d))
+        return self._send(src, page)
 
     def _serve_many(self, src: str, msg: RbPullMany) -> Send:
         """Whole partitions while the page budget lasts; the first one that does not fit whole is cut
@@ -269,23 +266,31 @@ class Rebalancer:
         records_left, bytes_left = cfg.rebalance_records_per_page_max, cfg.rebalance_page_bytes_max
         pages: list[RbPage] = []
         for p in msg.partitions[:cfg.rebalance_partitions_per_pull_max]:
-            d = self._digest(p)
-            if d[1] == 0:  # an empty partition: nothing to read
-                pages.append(RbPage(msg.transfer, p, None, (), None, d))
-                continue
-            if records_left <= 0 or bytes_left <= 0:
+            page = self._build_page(msg.transfer, p, None, records_left, bytes_left)
+            if page is None:
                 break
-            records = self._view.records_after(p, None, records_left)
-            sent = pack(records, bytes_left)
-            more = len(sent) < len(records) or len(records) == records_left
-            pages.append(RbPage(msg.transfer, p, None, tuple(sent), ref_of(sent[-1]) if more and sent else None, d))
-            records_left -= len(sent)
-            bytes_left -= sum(wire_bytes(r) for r in sent)
-            self._stats.records_served += len(sent)
-            if more:
+            pages.append(page)
+            records_left -= len(page.records)
+            bytes_left -= sum(wire_bytes(r) for r in page.records)
+            if page.next is not None:
                 break
         self._stats.pages_served += len(pages)
         return self._send(src, RbPages(msg.transfer, tuple(pages)))
+
+    def _build_page(self, transfer: int, p: int, after: ItemRef | None, records_max: int,
+                    bytes_max: int) -> RbPage | None:
+        """Records of `p` after `after` within the budget, and the digest they are as of; None if `p`
+        holds something and the budget is spent. An empty partition costs no read."""
+        d = self._digest(p)
+        if d[1] == 0:
+            return RbPage(transfer, p, after, (), None, d)
+        if records_max <= 0 or bytes_max <= 0:
+            return None
+        records = self._view.records_after(p, after, records_max)
+        sent = pack(records, bytes_max)
+        more = len(sent) < len(records) or len(records) == records_max
+        self._stats.records_served += len(sent)
+        return RbPage(transfer, p, after, tuple(sent), ref_of(sent[-1]) if more and sent else None, d)
 
     def _on_confirm(self, src: str, msg: RbConfirm) -> list[Effect]:
         p = msg.partition
