@@ -111,8 +111,11 @@ def store(conn: sqlite3.Connection, m: NewMemory, now_ms: int) -> Applied[dict[s
         _drop_links(conn, m.ns, m.id)
         if old_space:
             effects.append(IndexRemove(old_space, rowid))
+    # The predicate must match the partial unique index memories_content (deleted = 0 AND replica = 0)
+    # or SQLite scans the namespace on every store (tests/test_query_plans.py).
     dup = conn.execute(
-        "SELECT rowid, id, expires_ms, embedder FROM memories WHERE ns=? AND content_hash=? AND deleted=0",
+        "SELECT rowid, id, expires_ms, embedder FROM memories"
+        " WHERE ns=? AND content_hash=? AND deleted=0 AND replica=0",
         (m.ns, h),
     ).fetchone()
     if dup is not None:

@@ -253,8 +253,10 @@ def test_a_version_2_file_migrates_and_keeps_its_data(tmp_path: Path) -> None:
     path = tmp_path / "old.sqlite3"
     conn = connect(path, fsync="normal")
     assert migrate(conn, target=2) == 0
-    m = NewMemory("ns", "a", "o", "note", "hello", {"k": 1}, np.ones(3, dtype=np.float32), "sp", 7, None)
-    memory_store.store(conn, m, now_ms=0)
+    # A row as version 2 wrote it (today's memory_store expects the version-3 `replica` column).
+    conn.execute("INSERT INTO memories(ns, id, owner, memory_type, content, metadata, content_hash, vector,"
+                 " embedder, created) VALUES('ns', 'a', 'o', 'note', 'hello', '{\"k\":1}', ?, ?, 'sp', 7)",
+                 (memory_store.content_hash("hello"), np.ones(3, dtype="<f4").tobytes()))
     conn.close()
     db = Database(path, fsync="normal")
     w = db.writer_sync()
