@@ -20,6 +20,9 @@ loser's digest was the same on the first and the last page, nothing changed in b
 grow a partition), so every item it held is now merged here: the new owner sends RbConfirm(that digest).
 A loser whose digest moved on answers retry (sweep again), and nudges unconfirmed new owners every
 `rebalance_nudge_interval_s` (RbSweepMe), which also covers a lost RbConfirm or a new owner that restarted.
+A new owner nudged for a partition it already swept from that loser re-sends its RbConfirm rather than
+pulling the partition again: the confirm may only be queued behind its own writes (the shell sends it
+once the pages are applied), and a loser whose digest moved on answers retry, which starts a real sweep.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class RebalanceStats:
     pages_served: int = 0
     records_served: int = 0
     confirms_sent: int = 0
+    reconfirms_sent: int = 0
     confirms_accepted: int = 0
     confirms_stale: int = 0
     resweeps: int = 0
@@ -131,6 +135,7 @@ class Rebalancer:
         self._active: dict[int, _Task] = {}
         self._groups: dict[int, _Group] = {}
         self._tasks: set[tuple[int, str]] = set()
+        self._vouched: dict[tuple[int, str], DigestWire] = {}  # (partition, loser): digest we last confirmed
         self._per_partition: Counter[int] = Counter()
         self._seq = 0
         self._nudge_s = math.inf
@@ -172,6 +177,8 @@ class Rebalancer:
                 kept = {c: d for c, d in prev_lost.confirmed.items() if c in confirmers} if prev_lost else {}
                 lost[p] = _Lost(confirmers, kept)
         self._owned, self._lost = owned, lost
+        self._vouched = {(p, loser): d for (p, loser), d in self._vouched.items()
+                         if p in owned and loser in owned[p].movement.lost}
         keep = [t for t in self._all_tasks() if t.partition in owned and t.source in owned[t.partition].movement.old]
         self._queue, self._delayed, self._active, self._groups = deque(), [], {}, {}
         self._tasks.clear()
@@ -203,15 +210,22 @@ class Rebalancer:
         if isinstance(msg, RbConfirm):
             return self._on_confirm(src, msg)
         if isinstance(msg, RbConfirmed):
-            if msg.ok:
+            if msg.ok:  # kept: a nudge that crossed this answer gets the same confirm again
                 return []
+            self._vouched.pop((msg.partition, src), None)
             if msg.retry:
                 self._sweep(msg.partition, src, now)
             return self._pump(now)
         if isinstance(msg, RbSweepMe):
+            effects: list[Effect] = []
             for p in msg.partitions[: self._config.rebalance_partitions_per_nudge_max]:
-                self._sweep(p, src, now)
-            return self._pump(now)
+                vouched = self._vouched.get((p, src))
+                if vouched is not None and p in self._owned:
+                    self._stats.reconfirms_sent += 1
+                    effects.append(self._send(src, RbConfirm(p, vouched)))
+                else:
+                    self._sweep(p, src, now)
+            return effects + self._pump(now)
         return []
 
     def tick(self, now: float) -> list[Effect]:
@@ -376,6 +390,7 @@ class Rebalancer:
         if t.confirm:
             if t.first == digest:
                 self._stats.confirms_sent += 1
+                self._vouched[(t.partition, src)] = digest
                 effects.append(self._send(src, RbConfirm(t.partition, digest)))
             else:  # the loser changed while we swept it: what it gained since may have been skipped
                 self._stats.resweeps += 1

@@ -23,6 +23,7 @@ from ring.messages import (
     RbPages,
     RbPull,
     RbPullMany,
+    RbSweepMe,
     Send,
 )
 from ring.partition import Placement, StorageNode, diff
@@ -314,3 +315,31 @@ def test_a_pull_of_many_partitions_serves_whole_ones_and_cuts_only_the_last(
     if len(pages) < len(partitions):  # stopped early only because the budget ran out
         sent_bytes = sum(wire_bytes(r) for pg in pages for r in pg.records)
         assert pages[-1].next is not None or served >= records_max or sent_bytes >= bytes_max
+
+
+def test_a_nudge_while_the_confirm_is_still_queued_costs_a_confirm_not_a_second_pull() -> None:
+    """A new owner's RbConfirm waits behind its own writes (the shell sends it once the pages are
+    applied). Losers nudging meanwhile get the confirm again; the partition is not transferred twice."""
+    old, new = placement(["a", "b", "c", "d"]), placement(["a", "b", "c", "d", "e"])
+    c = Cluster(old, new, initial=60)
+    held: list[tuple[str, str, object]] = []
+    while c.queue:  # deliver everything except e's confirms, which a slow lane holds back
+        src, dst, msg = c.queue.pop(0)
+        if src == "e" and isinstance(msg, RbConfirm):
+            held.append((src, dst, msg))
+            continue
+        c.effects(dst, c.engines[dst].handle(src, msg, c.now))
+    assert held
+    c.now += CONFIG.rebalance_nudge_interval_s + 1  # every loser's nudge comes due
+    for n in c.live:
+        c.effects(n, c.engines[n].tick(c.now))
+    assert any(isinstance(msg, RbSweepMe) for _, _, msg in c.queue)
+    c.queue.extend(held)
+    c.run()
+    c.assert_moved()
+    served: list[tuple[int, str]] = []  # (partition, loser) for every first page sent to e
+    for src, dst, msg in c.sent:
+        pages = msg.pages if isinstance(msg, RbPages) else (msg,) if isinstance(msg, RbPage) else ()
+        served += [(pg.partition, src) for pg in pages if dst == "e" and pg.after is None]
+    assert served and len(served) == len(set(served))  # each partition swept once from its loser
+    assert c.engines["e"].statistics().reconfirms_sent >= 1
