@@ -40,7 +40,7 @@ class VectorSpaces:
         # rowid -> expires_ms of every indexed live record with a TTL (rowids are unique across
         # spaces: AUTOINCREMENT), so unfiltered searches can skip SQL to rule out expired hits.
         self.expiring: dict[int, int] = {}
-        self._sealing = False
+        self._seal_lock = trio.Lock()  # one seal/compact pass at a time; a forced one waits its turn
 
     def open_all(self, conn: sqlite3.Connection) -> None:
         """Open every space that has live vectors; rebuild from SQLite where files are missing/stale."""
@@ -117,18 +117,18 @@ class VectorSpaces:
             idx.remove(rowid)
 
     async def seal_if_needed(self, *, force: bool = False) -> None:
-        """Seal buffers into annoy segments in a worker thread (searches keep running meanwhile)."""
-        if self._sealing:
-            return
-        self._sealing = True
-        try:
+        """Seal buffers into annoy segments in a worker thread (searches keep running meanwhile), then
+        merge or recalibrate where due. `force` seals any non-empty buffer and, if a pass is already
+        running (the seal loop), waits for it and then makes its own: on return, every vector added
+        before the call is in a sealed segment."""
+        if not force and self._seal_lock.locked():
+            return  # the periodic check: the running pass will do
+        async with self._seal_lock:
             for idx in list(self.indexes.values()):
                 if idx.needs_seal() or (force and idx.statistics().get("buffer", 0)):
                     await trio.to_thread.run_sync(idx.seal)
                 if idx.needs_compact():
                     await trio.to_thread.run_sync(idx.compact)
-        finally:
-            self._sealing = False
 
     def save_all(self, conn: sqlite3.Connection) -> None:
         """Persist every index with its SQLite fingerprint (at shutdown, when no write is running)."""
