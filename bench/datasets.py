@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,10 +51,14 @@ def clustered(n: int, dim: int, seed: int, *, clusters: int | None = None, rank:
 
 
 def _source_files() -> Iterator[Path]:
-    """The stdlib's .py files first, then those of site-packages: each part in sorted path order."""
+    """The stdlib's .py files first, then those of site-packages (a virtual environment's, then its base
+    interpreter's: a bench venv alone holds only ~60k passages): each part in sorted path order."""
     paths = sysconfig.get_paths()
+    base = sysconfig.get_paths(vars={"base": sys.base_prefix, "platbase": sys.base_exec_prefix})
     stdlib = Path(paths["stdlib"])
-    roots = [stdlib] + sorted({Path(paths["purelib"]), Path(paths["platlib"])} - {stdlib})
+    roots = [stdlib]
+    for group in ({paths["purelib"], paths["platlib"]}, {base["purelib"], base["platlib"]}):
+        roots += sorted(p for p in map(Path, group) if p not in roots and p.is_dir())
     for i, root in enumerate(roots):
         for dirpath, dirnames, filenames in os.walk(root):
             skip = {"__pycache__"} | ({"site-packages", "dist-packages"} if i == 0 else set())
@@ -118,3 +123,14 @@ def stdlib_passages(n: int | None = None, *, chars_min: int = 200, chars_max: in
             if n is not None and len(out) >= n:
                 return out
     return out
+
+
+def text_split(n: int, queries: int) -> tuple[list[str], list[str]]:
+    """(base, queries): `n + queries` passages with `queries` of them held out, spread evenly over the
+    corpus (a representative sample, none of them stored). Raises if the install has too little text."""
+    texts = stdlib_passages(n + queries)
+    if len(texts) < n + queries:
+        raise RuntimeError(f"only {len(texts)} passages available (install the bench extra for more)")
+    held = np.zeros(n + queries, dtype=bool)
+    held[np.linspace(0, n + queries - 1, queries).round().astype(int)] = True
+    return [t for t, h in zip(texts, held, strict=True) if not h], [t for t, h in zip(texts, held, strict=True) if h]

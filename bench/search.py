@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.datasets import clustered, stdlib_passages  # noqa: E402
+from bench.datasets import clustered, stdlib_passages, text_split  # noqa: E402
 from bench.tables import print_table  # noqa: E402
 from node.embedder import HashingEmbedder  # noqa: E402
 from node.vector_index import VectorIndex, VectorIndexConfig  # noqa: E402
@@ -225,15 +225,15 @@ def _dataset(name: str, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     if name == "clustered":
         data = clustered(n + QUERIES, dim, seed=1)
         return np.ascontiguousarray(data[:n]), data[n:]
-    texts = stdlib_passages(n + QUERIES)
-    if len(texts) < n + QUERIES:
-        raise RuntimeError(f"only {len(texts)} passages available")
-    data = HashingEmbedder(dim).embed(texts)
     if name == "stdlib_text_head":
+        texts = stdlib_passages(n + QUERIES)
+        if len(texts) < n + QUERIES:
+            raise RuntimeError(f"only {len(texts)} passages available")
+        data = HashingEmbedder(dim).embed(texts)
         return np.ascontiguousarray(data[QUERIES:]), data[:QUERIES]
-    held = np.zeros(n + QUERIES, dtype=bool)
-    held[np.linspace(0, n + QUERIES - 1, QUERIES).round().astype(int)] = True
-    return np.ascontiguousarray(data[~held]), data[held]
+    base, queries = text_split(n, QUERIES)
+    embedder = HashingEmbedder(dim)
+    return np.ascontiguousarray(embedder.embed(base)), embedder.embed(queries)
 
 
 def run(sizes: tuple[int, ...] = (10_000, 100_000), dim: int = 384, compare: bool = True,

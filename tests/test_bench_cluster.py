@@ -141,7 +141,7 @@ def test_search_section() -> None:
     for side in ("single", "cluster"):
         _latency_ok(res[side]["seq"])
         _latency_ok(res[side]["conc"])
-        assert res[side]["hit_at_1"] >= 0.9, res[side]  # the query is a stored text: it comes first
+        assert res[side]["recall_at_10"] >= 0.9, res[side]  # 300 rows: both sides search exactly
     assert res["cluster"]["partial"] == 0
     assert all(v > 0 for v in res["ratios"].values()), res["ratios"]
 
