@@ -292,7 +292,10 @@ async def _search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         async with open_clients(nodes, agent, args.inflight) as clients:
             seq = await drive(clients, one, len(queries), 1)
             conc = await drive(clients, one, len(queries), args.inflight)
-        return {"seq": seq, "conc": conc, "recall_at_10": round(float(np.mean(found)), 4), "partial": partial[0]}
+        index = [{k: st.get(k) for k in ("items", "segments", "budget", "probe", "calibration")}
+                 for x in nodes if x.service is not None for st in x.service.spaces.statistics().values()]
+        return {"seq": seq, "conc": conc, "recall_at_10": round(float(np.mean(found)), 4), "partial": partial[0],
+                "index": index}  # per node: "budget" "exact" means its calibration chose exact scans
 
     async with trio.open_nursery() as nursery:
         single = _nodes(tmp, 1, "single")
