@@ -44,6 +44,7 @@ from ring.messages import (
     HintStored,
     PutAck,
     PutRecord,
+    RbConfirm,
     RebalanceMessage,
     Send,
     SessionEnded,
@@ -246,8 +247,11 @@ class Replication:
     # ---- routing ----
     def _route(self, effects: Sequence[Any]) -> None:
         """Send/Done now; a list with durable effects goes to the lane whole, so its sends leave only
-        after its writes committed (an RbConfirm after the pages it vouches for, an ack after its hint)."""
-        if any(isinstance(e, HintStored | HintDropped | ApplyRecords | DropPartitions) for e in effects):
+        after its writes committed (an RbConfirm after the pages it vouches for, an ack after its hint).
+        A list with an RbConfirm goes there too even without writes: a confirm repeated on a nudge
+        must not overtake the pages of the first, still in the lane (FIFO)."""
+        if any(isinstance(e, HintStored | HintDropped | ApplyRecords | DropPartitions)
+               or (isinstance(e, Send) and isinstance(e.msg, RbConfirm)) for e in effects):
             for e in effects:
                 if isinstance(e, DropPartitions):  # from now on refuse writes to them (see _apply_puts)
                     self._dropped.update(e.partitions)
@@ -405,6 +409,10 @@ class Replication:
             elif item is not None and i not in failed:
                 for effect in item:
                     self._now(effect)
+            elif item is not None:  # its writes failed: a confirm in it vouched for pages not held
+                for effect in item:
+                    if isinstance(effect, Send) and isinstance(effect.msg, RbConfirm):
+                        self.rb.forget_confirm(effect.msg.partition, effect.to)
         self._rearm.set()
 
     def _durable_ops(self, effects: Sequence[Any]) -> list[Callable[[Any], Applied[Any]]]:

@@ -154,6 +154,11 @@ class Rebalancer:
         """Lost but not yet dropped: still served and still written."""
         return partition in self._lost
 
+    def forget_confirm(self, partition: int, loser: str) -> None:
+        """The shell could not commit the pages an RbConfirm to `loser` vouched for (the confirm was
+        not sent): a nudge must start a new sweep, not repeat that confirm."""
+        self._vouched.pop((partition, loser), None)
+
     def settled(self) -> bool:
         return not self._lost and not self._tasks and all(o.have_data for o in self._owned.values())
 
