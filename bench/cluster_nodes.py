@@ -274,7 +274,7 @@ async def _search(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
     ns = agent.agent_id
     base, queries = text_split(args.memories, args.queries)
     embedder = HashingEmbedder()
-    vecs = np.concatenate([embedder.embed(base[lo:lo + 4096]) for lo in range(0, len(base), 4096)])
+    vecs = embedder.embed(base)
     ids = [f"t{i}" for i in range(len(base))]
     mems = new_memories(ns, ns, ids, base, vecs, int(time.time() * 1000))
     scores = embedder.embed(queries) @ vecs.T

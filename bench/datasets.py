@@ -125,12 +125,15 @@ def stdlib_passages(n: int | None = None, *, chars_min: int = 200, chars_max: in
     return out
 
 
-def text_split(n: int, queries: int) -> tuple[list[str], list[str]]:
-    """(base, queries): `n + queries` passages with `queries` of them held out, spread evenly over the
-    corpus (a representative sample, none of them stored). Raises if the install has too little text."""
+def text_split(n: int, queries: int, *, head: bool = False) -> tuple[list[str], list[str]]:
+    """(base, queries): `n + queries` passages with `queries` of them held out, none of them stored:
+    spread evenly over the corpus (a representative sample), or with `head` its first passages.
+    Raises if the install has too little text."""
     texts = stdlib_passages(n + queries)
     if len(texts) < n + queries:
         raise RuntimeError(f"only {len(texts)} passages available (install the bench extra for more)")
+    if head:
+        return texts[queries:], texts[:queries]
     held = np.zeros(n + queries, dtype=bool)
     held[np.linspace(0, n + queries - 1, queries).round().astype(int)] = True
     return [t for t, h in zip(texts, held, strict=True) if not h], [t for t, h in zip(texts, held, strict=True) if h]

@@ -225,13 +225,7 @@ def _dataset(name: str, n: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
     if name == "clustered":
         data = clustered(n + QUERIES, dim, seed=1)
         return np.ascontiguousarray(data[:n]), data[n:]
-    if name == "stdlib_text_head":
-        texts = stdlib_passages(n + QUERIES)
-        if len(texts) < n + QUERIES:
-            raise RuntimeError(f"only {len(texts)} passages available")
-        data = HashingEmbedder(dim).embed(texts)
-        return np.ascontiguousarray(data[QUERIES:]), data[:QUERIES]
-    base, queries = text_split(n, QUERIES)
+    base, queries = text_split(n, QUERIES, head=name == "stdlib_text_head")
     embedder = HashingEmbedder(dim)
     return np.ascontiguousarray(embedder.embed(base)), embedder.embed(queries)
 
