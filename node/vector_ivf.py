@@ -34,13 +34,22 @@ _SPREAD_Z = 2.0
 # Candidate selection scores every probed row, then keeps those above a threshold estimated on
 # every _SELECT_STEP-th score: cheaper than argpartition over 30k+ scores.
 _SELECT_STEP = 8
+# Residuals are kept as int8 codes (a per-axis scale: the largest magnitude on a seeded sample of
+# _SCALE_SAMPLE rows maps to 127; rarer larger ones are clipped). A query converts the codes of
+# _SCAN_ROWS rows at a time to float32 in a block that stays in L2, then one product scores them.
+# At 100k x 128 on stdlib text: recall@10 identical to float32 residuals at every (probe, count)
+# measured, a quarter of the memory (12.8 MB: fits a 32 MB L3), scans as fast at a 10% probe and
+# 0-20% faster at 32% (the int8->float32 conversion costs about what the smaller reads save).
+_SCALE_SAMPLE = 20_000
+_SCAN_ROWS = 1024
 
 
 class IvfSegment:
     """Inverted lists over the rows of slots ``[start, stop)`` alive at build.
 
     A row x of list j is stored, grouped by list, as its residual from the list's mean m_j
-    projected on the residuals' principal axes B: ``(x - m_j) @ B``. A query q scores it as
+    projected on the residuals' principal axes B: ``(x - m_j) @ B``, as int8 codes times a
+    per-axis scale (``_SCALE_SAMPLE``). A query q scores it as
     ``q.m_j + (q @ B).((x - m_j) @ B)``: the list mean carries the coarse part of every score
     exactly, so the projection only approximates what is left (which ranks far better than a PCA
     of x of the same width). Lists are probed in order of ``q.m_j + z * sd_j(q)`` (sd_j: spread of
@@ -51,15 +60,15 @@ class IvfSegment:
 
     kind = "ivf"
     __slots__ = ("start", "stop", "items", "spec", "name", "files", "_means", "_basis", "_spread", "_rest",
-                 "_bounds", "_slots", "_copy")
+                 "_bounds", "_slots", "_codes", "_scale")
 
     def __init__(self, start: int, stop: int, spec: SegmentSpec, means: np.ndarray, basis: np.ndarray | None,
-                 spread: np.ndarray, rest: np.ndarray, bounds: np.ndarray, slots: np.ndarray, copy: np.ndarray,
-                 name: str) -> None:
+                 spread: np.ndarray, rest: np.ndarray, bounds: np.ndarray, slots: np.ndarray, codes: np.ndarray,
+                 scale: np.ndarray, name: str) -> None:
         self.start, self.stop, self.items, self.spec, self.name = start, stop, int(slots.size), spec, name
         self.files: dict[str, list[int]] = {}
         self._means, self._basis, self._spread, self._rest = means, basis, spread, rest
-        self._bounds, self._slots, self._copy = bounds, slots, copy
+        self._bounds, self._slots, self._codes, self._scale = bounds, slots, codes, scale
 
     @property
     def lists(self) -> int:
@@ -85,9 +94,9 @@ class IvfSegment:
         bounds = np.searchsorted(lists, np.arange(nlist + 1)).astype(np.int64)
         means = _list_means(vectors, local, lists, nlist)
         basis = _residual_basis(vectors, local, lists, means, width, spec.seed) if projected else None
-        copy, spread, rest = _residuals(vectors, local, lists, means, basis)
+        codes, scale, spread, rest = _residuals(vectors, local, lists, means, basis, spec.seed)
         stop = start + vectors.shape[0]
-        segment = cls(start, stop, spec, means, basis, spread, rest, bounds, local + start, copy,
+        segment = cls(start, stop, spec, means, basis, spread, rest, bounds, local + start, codes, scale,
                       f"ivf-{start}-{stop}-{secrets.token_hex(4)}")
         if directory is not None:
             segment._save(directory)
@@ -114,9 +123,14 @@ class IvfSegment:
         run_hi = hi[np.concatenate((breaks - 1, [lists.size - 1]))]
         offsets = np.concatenate(([0], np.cumsum(run_hi - run_lo)))
         scores = np.empty(int(offsets[-1]), dtype=np.float32)
-        copy = self._copy
+        codes, scaled = self._codes, (point * self._scale).astype(np.float32)
+        block = np.empty((min(_SCAN_ROWS, scores.size), codes.shape[1]), dtype=np.float32)
         for a, b, at in zip(run_lo.tolist(), run_hi.tolist(), offsets.tolist(), strict=False):
-            np.dot(copy[a:b], point, out=scores[at : at + b - a])
+            while a < b:
+                rows = min(b - a, _SCAN_ROWS)
+                np.copyto(block[:rows], codes[a : a + rows], casting="unsafe")
+                np.dot(block[:rows], scaled, out=scores[at : at + rows])
+                a, at = a + rows, at + rows
         scores += np.repeat(near[lists].astype(np.float32), hi - lo)
 
         def slots(positions: np.ndarray) -> np.ndarray:  # the run a position falls in, plus its offset there
@@ -126,7 +140,8 @@ class IvfSegment:
         return scores, slots
 
     def _save(self, directory: Path) -> None:
-        # The residual copy is not saved: load recomputes it from the index's stored full vectors.
+        # The residual codes are not saved: load recomputes them (and their seeded scale) from
+        # the index's stored full vectors.
         arrays: dict[str, Any] = {"means": self._means, "spread": self._spread, "rest": self._rest,
                                   "bounds": self._bounds, "slots": self._slots}
         if self._basis is not None:
@@ -166,8 +181,8 @@ class IvfSegment:
         if basis is not None and basis.shape != (dim, width):
             raise ValueError(f"projection of {name} has the wrong shape")
         lists = np.repeat(np.arange(nlist), np.diff(bounds))
-        copy, _, _ = _residuals(vectors, slots, lists, means, basis)
-        segment = cls(start, stop, spec, means, basis, spread, rest, bounds, slots, copy, name)
+        codes, scale, _, _ = _residuals(vectors, slots, lists, means, basis, spec.seed)
+        segment = cls(start, stop, spec, means, basis, spread, rest, bounds, slots, codes, scale, name)
         segment.files = files
         return segment
 
@@ -373,19 +388,32 @@ def _residual_basis(vectors: np.ndarray, local: np.ndarray, lists: np.ndarray, m
 
 
 def _residuals(vectors: np.ndarray, local: np.ndarray, lists: np.ndarray, means: np.ndarray,
-               basis: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(projected residuals of ``local`` in order, per-list mean square per dimension on the axes,
-    and outside them), built in GIL-yielding chunks."""
+               basis: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(int8 codes of the projected residuals of ``local`` in order, their per-axis scale, per-list
+    mean square per dimension on the axes, and outside them), built in GIL-yielding chunks. The
+    scale depends only on the inputs and ``seed``: a load recomputes the codes a build made."""
     nlist, dim = means.shape
     width = dim if basis is None else basis.shape[1]
-    copy = np.empty((local.size, width), dtype=np.float32)
+
+    def project(chunk: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        residual = vectors[local[chunk]] - means[lists[chunk]]
+        return residual, residual if basis is None else residual @ basis
+
+    rng = np.random.default_rng(seed + 2)
+    sample = np.sort(rng.choice(local.size, min(local.size, _SCALE_SAMPLE), replace=False))
+    peak = np.zeros(width, dtype=np.float32)
+    for lo in range(0, sample.size, _CHUNK_ROWS):
+        peak = np.maximum(peak, np.abs(project(sample[lo : lo + _CHUNK_ROWS])[1]).max(axis=0))
+        _yield_gil()
+    scale = (np.where(peak > 0, peak, 1.0) / 127.0).astype(np.float32)
+    codes = np.empty((local.size, width), dtype=np.int8)
     spread = np.zeros(nlist, dtype=np.float64)
     rest = np.zeros(nlist, dtype=np.float64)
     for lo in range(0, local.size, _CHUNK_ROWS):
         hi = min(local.size, lo + _CHUNK_ROWS)
-        residual = vectors[local[lo:hi]] - means[lists[lo:hi]]
-        copy[lo:hi] = residual if basis is None else residual @ basis
-        inside = np.einsum("ij,ij->i", copy[lo:hi], copy[lo:hi])
+        residual, projected = project(np.arange(lo, hi))
+        inside = np.einsum("ij,ij->i", projected, projected)
+        codes[lo:hi] = np.clip(np.rint(projected / scale), -127, 127)
         outside = np.einsum("ij,ij->i", residual, residual) - inside
         present, part = _per_list(lists[lo:hi], np.column_stack((inside, outside)), nlist)
         spread[present] += part[:, 0]
@@ -394,4 +422,4 @@ def _residuals(vectors: np.ndarray, local: np.ndarray, lists: np.ndarray, means:
     counts = np.maximum(np.bincount(lists, minlength=nlist), 1)
     spread /= counts * width
     rest = np.maximum(rest, 0.0) / counts / max(1, dim - width)
-    return copy, spread.astype(np.float32), rest.astype(np.float32)
+    return codes, scale, spread.astype(np.float32), rest.astype(np.float32)
