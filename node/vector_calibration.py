@@ -34,9 +34,16 @@ _TIMED = 8  # exact scans timed (their median: other work only ever adds time)
 # beyond it the lost recall buys too little time.
 COST_SHARE_MAX = 0.5
 
+# Bounded probing's margins (node/vector_index.py): after a first round, lists whose optimistic
+# score is at least the k-th best exact score plus the margin are scanned. Least work first.
+MARGINS = (0.0, -0.02, -0.04, -0.06, -0.08, -0.09, -0.1, -0.11, -0.12, -0.13, -0.14, -0.15, -0.17, -0.19,
+           -0.22, -0.25, -0.3)
 Measure = Callable[[float, float], tuple[float, float]]  # (budget, probe) -> (seconds/query, recall@10)
 # (query, budget, probe) -> candidate slots, the buffer's included, as the index's search makes them
 Candidates = Callable[[np.ndarray, float, float], np.ndarray]
+# (query, budget, margin) -> (candidate slots, their exact scores), as bounded probing finds them
+Bounded = Callable[[np.ndarray, float, float], tuple[np.ndarray, np.ndarray]]
+_RECHECKS = 3  # margins tried on all sample queries after bounded probing's walk on half of them
 _TIMING_QUERIES = 24  # queries timed per point when the recall comes from the surface
 _NARROW_PROBE = 0.1  # the recall surface is first computed for probes up to this share
 
@@ -184,16 +191,29 @@ def _surface(ivf: Sequence[IvfSegment], vectors: np.ndarray, sample: Sample, sea
     return Surface(mean, mean - np.maximum(2 * error, _MARGIN_MIN))
 
 
+@dataclass(frozen=True, slots=True)
+class Choice:
+    """What calibration chose. ``budget`` None: fixed probing costs too much, search exactly.
+    ``bounded`` (budget, margin): bounded probing is cheaper still, for searches it applies to."""
+
+    budget: float | None
+    probe: float
+    bounded: tuple[float, float] | None
+    summary: dict[str, float]
+
+
 def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments: Sequence[SegmentLike],
               candidates: Candidates, fetch: Callable[[float], float], *, queries: int, seed: int,
-              target: float, fallback_probe: float) -> tuple[float | None, float, dict[str, float]]:
-    """(budget or None for exact search, probe, summary) for an index whose rows are ``vectors``
+              target: float, fallback_probe: float, bounded: Bounded | None = None) -> Choice:
+    """The cheapest ANN settings reaching ``target`` for an index whose rows are ``vectors``
     (``alive``; rows from ``sealed_upto`` on are its exactly scanned buffer) and whose sealed
     ``segments`` those are. ``fetch(budget)`` is the candidate count for a top-K at ``budget``.
 
     When every segment is IVF, the recall of every (probe, budget) comes from one scan per sample
     query (``ivf_hits``), and only the boundary points are timed; otherwise each point is measured
-    by running the search (annoy segments' recall depends on their search_k)."""
+    by running the search (annoy segments' recall depends on their search_k). With ``bounded``
+    (all segments IVF), bounded probing is measured too, margin by margin (``choose`` over
+    MARGINS), and kept if _GAIN_MIN cheaper than the fixed choice (or than exact search)."""
     sample = sample_queries(vectors, alive, sealed_upto, queries, seed)
     ivf = [s for s in segments if isinstance(s, IvfSegment)]
     surface = None
@@ -230,4 +250,39 @@ def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments
     budget, probe = (round(best[1], 4), best[2]) if best else (None, fallback_probe)
     summary = {"recall": round(best[3] if best else recall, 4), "budget": budget or 0.0, "probe": probe,
                "ann_ms": round(best[0] * 1e3, 3) if best else 0.0, "exact_ms": round(sample.exact_s * 1e3, 3)}
-    return budget, probe, summary
+    chosen_bound = None
+    if bounded is not None and ivf and len(ivf) == len(segments):
+        search = bounded
+
+        def run_bounded(chosen: list[tuple[int, np.ndarray]], budget: float, margin: float) -> tuple[float, float]:
+            started = time.perf_counter()
+            found = 0
+            for slot, truth in chosen:
+                slots, scores = search(vectors[slot], budget, margin)
+                keep = slots != slot
+                slots, scores = slots[keep], scores[keep]
+                top = slots[np.argpartition(-scores, K)[:K]] if slots.size > K else slots
+                found += int(np.count_nonzero(np.isin(top, truth)))
+                time.sleep(0)
+            return (time.perf_counter() - started) / len(chosen), found / (K * len(chosen))
+
+        # Each point runs the searches (no one-scan surface): the walk uses half the queries,
+        # then the choice is checked on all of them, widening its margin if it falls short.
+        rival = best[0] if best else sample.exact_s * COST_SHARE_MAX
+        walk = asked[: max(1, len(asked) // 2)]
+        found_bound, _ = choose(lambda b, m: run_bounded(walk, b, m), sample.exact_s, target, MARGINS)
+        if found_bound is not None:
+            _, b, walked, _ = found_bound
+            at = MARGINS.index(walked)
+            for m in MARGINS[at : at + _RECHECKS]:
+                seconds, recall = run_bounded(asked, b, m)
+                if recall >= target + RECALL_MARGIN:
+                    found_bound = (seconds, b, m, recall)
+                    break
+            else:
+                found_bound = None
+        if found_bound is not None and found_bound[0] < rival * (1 - _GAIN_MIN):
+            chosen_bound = (round(found_bound[1], 4), found_bound[2])
+            summary.update(bounded_budget=chosen_bound[0], margin=chosen_bound[1],
+                           bounded_recall=round(found_bound[3], 4), bounded_ms=round(found_bound[0] * 1e3, 3))
+    return Choice(budget, probe, chosen_bound, summary)

