@@ -1,7 +1,7 @@
 """Log-structured vector index for one embedding space: exact buffer + sealed annoy/IVF segments.
 
-Owns the live vectors (by integer key, with a group code), candidate generation, exact re-rank,
-filtering with over-fetch, sealing/compaction and persistence; it must not know about SQLite,
+Owns the live vectors (by integer key, with a group code), sealing/compaction, calibration runs
+and persistence; a query runs on a snapshot in node/vector_search.py. It must not know about SQLite,
 namespaces or text (the node maps keys to rows and passes ``accept`` for metadata filters).
 
 Layout: slots are rows of append-only arrays (node/vector_slots.py). Slots ``[0, sealed_upto)``
@@ -26,7 +26,16 @@ import numpy as np
 
 from crypto.errors import DimensionMismatch, InvalidArgument
 from node.vector_calibration import K, calibrate
-from node.vector_ivf import IvfProbe, IvfSegment, build_segment, ivf_candidates, load_segment
+from node.vector_ivf import build_segment, load_segment
+from node.vector_search import (
+    Plan,
+    SearchResult,
+    View,
+    bounded_candidates,
+    candidates,
+    fetch_count,
+    search_view,
+)
 from node.vector_segment import (
     MANIFEST,
     SavedIndex,
@@ -36,7 +45,7 @@ from node.vector_segment import (
     remove_unreferenced,
     save_index,
 )
-from node.vector_select import Accept, select_hits
+from node.vector_select import Accept
 from node.vector_slots import SlotTable
 
 log = logging.getLogger(__name__)
@@ -76,32 +85,6 @@ class VectorIndexConfig:
     ivf_probe: float = 0.06  # share of an IVF segment's rows probed until calibration picks one
     ivf_first_probe: float = 0.03  # bounded probing's first round: share of the IVF rows scanned before
     # the bound is set from the k-th best exact score found (see VectorIndex.search)
-
-
-@dataclass(frozen=True, slots=True)
-class SearchResult:
-    """``hits``: (key, cosine) best first; every score is exact (re-ranked on the full vectors).
-
-    ``exhaustive`` is True when every allowed row was scored, so ``hits`` are the exact top-k;
-    False when candidates came from the approximate segments (a true neighbour may be missing).
-    Fewer than k hits means fewer than k rows pass the filters (the search retries until exhausted).
-    """
-
-    hits: list[tuple[int, float]]
-    exhaustive: bool
-
-
-@dataclass(frozen=True, slots=True)
-class _View:
-    vectors: np.ndarray
-    keys: np.ndarray
-    groups: np.ndarray
-    alive: np.ndarray
-    n: int
-    sealed_upto: int
-    segments: tuple[SegmentLike, ...]
-    allowed: int  # live rows in the allowed groups when the view was taken
-    live: int
 
 
 class VectorIndex:
@@ -216,107 +199,14 @@ class VectorIndex:
         group_arr = None if groups is None else np.fromiter((int(g) for g in groups), dtype=np.int64)
         view = self._view(group_arr)
         self._stats["searches"] += 1
-        if k <= 0 or view.allowed == 0:
-            return SearchResult([], True)
-        cfg = self.config
-        sealed_items = sum(s.items for s in view.segments)
-        budget = self._budget
-        bounded = self._bounded if accept is None else None
-        if bounded is not None and not all(isinstance(s, IvfSegment) for s in view.segments):
-            bounded = None
-        if view.allowed <= cfg.exact_subset_max or sealed_items == 0 or (budget is None and bounded is None):
-            return self._exact(view, q, k, group_arr, accept)
-        selectivity = view.allowed / max(view.live, 1)
-        widen = 1.0 if (group_arr is None and accept is None) else cfg.overfetch / selectivity
-        if bounded is not None:
-            slots, scores = self._bounded_candidates(view, q, k, group_arr, _fetch(cfg.fetch, k, bounded[0]) * widen,
-                                                     cfg.ivf_first_probe * widen, bounded[1])
-            hits = select_hits(view.keys[slots], scores, k, None, cfg.accept_batch)
-            if len(hits) >= k:
-                return SearchResult(hits, False)
-            self._stats["retries"] += 1  # few rows pass the groups: retry with fixed probes (widening)
-        if budget is None:  # ... unless those cost more than an exact scan
-            return self._exact(view, q, k, group_arr, accept)
-        fetch = _fetch(cfg.fetch, k, budget) * widen
-        search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed_items) * budget * widen
-        probe = self._probe * widen
-        while fetch < sealed_items:
-            slots = self._candidates(view, q, int(fetch), int(search_k), sealed_items, probe)
-            mask = view.alive[slots]
-            if group_arr is not None:
-                mask &= np.isin(view.groups[slots], group_arr)
-            slots = slots[mask]
-            hits = select_hits(view.keys[slots], view.vectors[slots] @ q, k, accept, cfg.accept_batch)
-            if len(hits) >= k:
-                return SearchResult(hits, False)
-            self._stats["retries"] += 1
-            fetch *= cfg.fetch_growth
-            search_k *= cfg.fetch_growth
-            probe *= cfg.fetch_growth
-        return self._exact(view, q, k, group_arr, accept)
+        plan = Plan(self._budget, self._probe, self._bounded)
+        return search_view(view, q, k, group_arr, accept, self.config, plan, self._stats)
 
-    def _view(self, group_arr: np.ndarray | None) -> _View:
+    def _view(self, group_arr: np.ndarray | None) -> View:
         with self._lock:
             t = self._table
-            return _View(t.vectors, t.keys, t.groups, t.alive, t.n, self._sealed_upto, self._segments,
+            return View(t.vectors, t.keys, t.groups, t.alive, t.n, self._sealed_upto, self._segments,
                          t.allowed(group_arr), len(t))
-
-    def _candidates(self, view: _View, q: np.ndarray, fetch: int, search_k: int, sealed_items: int,
-                    probe: float) -> np.ndarray:
-        parts = [np.arange(view.sealed_upto, view.n, dtype=np.int64)]  # the buffer, scored exactly
-        ivf = [seg for seg in view.segments if isinstance(seg, IvfSegment)]
-        if ivf:  # probed together: one budget over all IVF segments' lists
-            share = sum(seg.items for seg in ivf) / sealed_items
-            parts.append(ivf_candidates(ivf, q, max(16, math.ceil(fetch * share)), probe))
-        for seg in view.segments:
-            if isinstance(seg, IvfSegment):
-                continue
-            share = seg.items / sealed_items
-            count = min(seg.items, max(16, math.ceil(fetch * share)))
-            parts.append(seg.candidates(q, count, max(math.ceil(search_k * share), count), probe))
-        return np.concatenate(parts)
-
-    def _bounded_candidates(self, view: _View, q: np.ndarray, k: int, group_arr: np.ndarray | None, fetch: float,
-                            first: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
-        """Bounded probing (every segment IVF): the buffer and the best ``fetch`` rows of the lists
-        covering ``first`` of the rows are scored exactly; then the lists whose optimistic score
-        (``IvfSegment._rank``) is at least the k-th best exact score so far plus ``margin`` (<= 0)
-        are scanned and their best ``fetch`` rows scored too. Easy queries stop after a few percent
-        of the rows, hard ones (no close neighbours: a low k-th score) scan far more: on 100k
-        stdlib passages the median query scanned 12% of the rows where a fixed probe needs 28% for
-        the same recall. Returns (slots, exact scores) of the rows alive and in ``group_arr``."""
-        probing = IvfProbe([s for s in view.segments if isinstance(s, IvfSegment)], q)
-        count = max(16, math.ceil(fetch))
-        buffer = np.arange(view.sealed_upto, view.n, dtype=np.int64)
-        slots, scores = self._scored(view, q, group_arr, np.concatenate((buffer, probing.take(probing.leading(first), count))))
-        if slots.size < k:
-            return slots, scores
-        bound = float(np.partition(scores, slots.size - k)[slots.size - k]) + margin
-        more, more_scores = self._scored(view, q, group_arr, probing.take(probing.above(bound), count))
-        return np.concatenate((slots, more)), np.concatenate((scores, more_scores))
-
-    @staticmethod
-    def _scored(view: _View, q: np.ndarray, group_arr: np.ndarray | None, slots: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(those of ``slots`` alive and in ``group_arr``, their exact scores against ``q``)."""
-        mask = view.alive[slots]
-        if group_arr is not None:
-            mask &= np.isin(view.groups[slots], group_arr)
-        slots = slots[mask]
-        return slots, view.vectors[slots] @ q
-
-    def _exact(self, view: _View, q: np.ndarray, k: int, group_arr: np.ndarray | None,
-               accept: Accept | None) -> SearchResult:
-        self._stats["exact_searches"] += 1
-        mask = view.alive[: view.n]
-        if group_arr is not None:
-            mask = mask & np.isin(view.groups[: view.n], group_arr)
-        if view.allowed * 4 < view.n:
-            slots = np.flatnonzero(mask)
-            scores = view.vectors[slots] @ q
-        else:  # most rows qualify: one contiguous matrix-vector product beats a gather
-            slots = np.flatnonzero(mask)
-            scores = (view.vectors[: view.n] @ q)[slots]
-        return SearchResult(select_hits(view.keys[slots], scores, k, accept, self.config.accept_batch), True)
 
     # ---- sealing, compaction ------------------------------------------------------------------
 
@@ -387,17 +277,16 @@ class VectorIndex:
         view = self._view(None)
         sealed = sum(s.items for s in view.segments)
 
-        def candidates(q: np.ndarray, budget: float, probe: float) -> np.ndarray:
+        def fixed(q: np.ndarray, budget: float, probe: float) -> np.ndarray:
             search_k = max(cfg.search_k_min, cfg.search_k_per_item * sealed) * budget
-            return self._candidates(view, q, int(_fetch(cfg.fetch, K, budget)), int(search_k), sealed, probe)
+            return candidates(view, q, int(fetch_count(cfg.fetch, K, budget)), int(search_k), sealed, probe)
 
         def bounded(q: np.ndarray, budget: float, margin: float) -> tuple[np.ndarray, np.ndarray]:
-            return self._bounded_candidates(view, q, K, None, _fetch(cfg.fetch, K, budget), cfg.ivf_first_probe,
-                                            margin)
+            return bounded_candidates(view, q, K, None, fetch_count(cfg.fetch, K, budget), cfg.ivf_first_probe, margin)
 
         choice = calibrate(
-            view.vectors[: view.n], view.alive[: view.n], view.sealed_upto, view.segments, candidates,
-            lambda budget: _fetch(cfg.fetch, K, budget), queries=cfg.calibration_queries, seed=cfg.seed,
+            view.vectors[: view.n], view.alive[: view.n], view.sealed_upto, view.segments, fixed,
+            lambda budget: fetch_count(cfg.fetch, K, budget), queries=cfg.calibration_queries, seed=cfg.seed,
             target=cfg.recall_target, fallback_probe=cfg.ivf_probe, bounded=bounded)
         self._budget, self._probe, self._bounded = choice.budget, choice.probe, choice.bounded
         self._calibration = {"live": float(view.live), **choice.summary}
@@ -495,8 +384,3 @@ class VectorIndex:
         out["bounded"] = list(self._bounded) if self._bounded else None
         out["calibration"] = dict(self._calibration)
         return out
-
-
-def _fetch(fetch: int, k: int, budget: float) -> float:
-    """Candidates re-ranked exactly for a top-``k`` at ``budget``: never fewer than 2k."""
-    return max(max(fetch, k) * budget, 2.0 * k)

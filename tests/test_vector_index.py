@@ -16,6 +16,7 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 
 from bench.datasets import clustered
 from crypto.errors import DimensionMismatch, InvalidArgument
+from node import vector_search
 from node.vector_calibration import MARGINS, PROBES
 from node.vector_index import SearchResult, VectorIndex, VectorIndexConfig
 from node.vector_ivf import IvfSegment
@@ -415,7 +416,7 @@ def test_searches_with_an_accept_filter_use_the_fixed_probe() -> None:
         raise AssertionError("bounded probing used")
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(index, "_bounded_candidates", refuse)
+        mp.setattr(vector_search, "bounded_candidates", refuse)
         hits = index.search(data[0], 5, accept=lambda keys: keys % 2 == 0).hits
         assert len(hits) == 5 and all(key % 2 == 0 for key, _ in hits)
         with pytest.raises(AssertionError, match="bounded probing used"):
