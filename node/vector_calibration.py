@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from node.vector_ivf import IvfSegment, ivf_hits
+from node.vector_ivf import IvfSegment
+from node.vector_probe import ivf_hits
 from node.vector_segment import SegmentLike
 
 K = 10  # calibration measures recall@10, the benchmark's metric

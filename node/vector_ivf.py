@@ -9,13 +9,14 @@ from __future__ import annotations
 import math
 import os
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from node.vector_probe import ivf_candidates
 from node.vector_segment import Segment, SegmentSpec, _fingerprint, _fit_pca, _yield_gil
 
 # Rows per matrix product while building: BLAS releases the GIL, but argmax/argsort on the
@@ -31,9 +32,6 @@ _KMEANS_SAMPLE_PER_LIST = 40
 # Lists are probed in order of an optimistic score: mean score of their rows plus this many
 # standard deviations (the best of ~100 rows lies ~2.5 deviations above their mean).
 _SPREAD_Z = 2.0
-# Candidate selection scores every probed row, then keeps those above a threshold estimated on
-# every _SELECT_STEP-th score: cheaper than argpartition over 30k+ scores.
-_SELECT_STEP = 8
 # Residuals are kept as int8 codes (a per-axis scale: the largest magnitude on a seeded sample of
 # _SCALE_SAMPLE rows maps to 127; rarer larger ones are clipped). A query converts the codes of
 # _SCAN_ROWS rows at a time to float32 in a block that stays in L2, then one product scores them.
@@ -199,136 +197,6 @@ def load_segment(directory: Path, meta: dict, vectors: np.ndarray) -> Segment | 
     if meta.get("kind") == IvfSegment.kind:
         return IvfSegment.load(directory, meta, vectors)
     return Segment.load(directory, meta, vectors.shape[1])
-
-
-def ivf_candidates(segments: Sequence[IvfSegment], query: np.ndarray, count: int, probe: float) -> np.ndarray:
-    """Slots of up to ``count`` rows of ``segments``, the best by approximate score to the unit
-    ``query`` among the lists probed: all segments' lists ranked together, best first, until
-    ``probe`` of their rows are covered. One budget over all segments (rather than ``probe`` of
-    each) lets a list compete on rank whichever segment holds it, and makes recall a function of
-    one (probe, count) grid that calibration can read off (``ivf_hits``); on stdlib text it
-    recalled as well as equal shares per segment."""
-    probing = IvfProbe(segments, query)
-    return probing.take(probing.leading(probe), count)
-
-
-class IvfProbe:
-    """One query's probe of the lists of ``segments``, ranked together once and scanned in rounds
-    (``take``), each list at most once: the leading lists covering a share of the rows, then
-    (``above``) every list whose optimistic score (``IvfSegment._rank``) clears a bound, which the
-    caller sets from the exact scores the first round found. Not thread-safe; cheap to create."""
-
-    def __init__(self, segments: Sequence[IvfSegment], query: np.ndarray) -> None:
-        self._live = [seg for seg in segments if seg.items]
-        self._ranked = [seg._rank(query) for seg in self._live]
-        empty = np.empty(0)
-        self.rank = np.concatenate([r[2] for r in self._ranked]) if self._live else empty
-        self._sizes = np.concatenate([np.diff(seg._bounds) for seg in self._live]) if self._live else empty
-        self._first = np.concatenate(([0], np.cumsum([seg.lists for seg in self._live])))
-        self._scanned = np.zeros(self.rank.size, dtype=bool)
-
-    def leading(self, probe: float) -> np.ndarray:
-        """Not yet scanned lists among the best-ranked ones holding ``probe`` of the rows (sorted)."""
-        if not self.rank.size:
-            return np.empty(0, dtype=np.int64)
-        chosen = np.arange(self.rank.size) if probe >= 1.0 else _leading(self.rank, self._sizes, probe)
-        return chosen[~self._scanned[chosen]]
-
-    def above(self, bound: float) -> np.ndarray:
-        """Not yet scanned lists whose optimistic score is at least ``bound`` (sorted)."""
-        return np.flatnonzero((self.rank >= bound) & ~self._scanned)
-
-    def take(self, lists: np.ndarray, count: int) -> np.ndarray:
-        """Slots of the best ``count`` rows of ``lists`` (sorted ids) by approximate score; marks
-        them scanned."""
-        if not lists.size or count <= 0:
-            return np.empty(0, dtype=np.int64)
-        self._scanned[lists] = True
-        scores, maps = [], []
-        for i, seg in enumerate(self._live):
-            own = lists[(lists >= self._first[i]) & (lists < self._first[i + 1])] - self._first[i]
-            if own.size:
-                part, to_slots = seg._scan(self._ranked[i][0], self._ranked[i][1], own)
-                scores.append(part)
-                maps.append(to_slots)
-        if len(scores) == 1:
-            return maps[0](_best(scores[0], count))
-        offsets = np.cumsum([0] + [part.size for part in scores])
-        picked = np.sort(_best(np.concatenate(scores), count))
-        cuts = np.searchsorted(picked, offsets)
-        return np.concatenate([to_slots(picked[cuts[i] : cuts[i + 1]] - offsets[i]) for i, to_slots in enumerate(maps)])
-
-
-def ivf_hits(segments: Sequence[IvfSegment], query: np.ndarray, truth: np.ndarray, probes: Sequence[float],
-             counts: Sequence[int]) -> np.ndarray:
-    """How many of the ``truth`` slots ``ivf_candidates(segments, query, count, probe)`` returns,
-    for every (probe, count): an int array of shape (len(probes), len(counts)), from one scan.
-
-    A probe takes a prefix of the lists in rank order, and a truth row is returned iff its list is
-    in the prefix and fewer than ``count`` rows of the prefix score above it: so scanning the
-    widest prefix once, noting each row's list position in the ranking, answers every cell
-    (calibration's recall surface)."""
-    live = [seg for seg in segments if seg.items]
-    out = np.zeros((len(probes), len(counts)), dtype=np.int64)
-    if not live:
-        return out
-    ranked = [seg._rank(query) for seg in live]
-    first = np.cumsum([0] + [seg.lists for seg in live])
-    sizes = np.concatenate([np.diff(seg._bounds) for seg in live])
-    best = np.argsort(-np.concatenate([r[2] for r in ranked]), kind="stable")
-    covered = np.cumsum(sizes[best])
-    probed = np.asarray([best.size if p >= 1.0 else int(np.searchsorted(covered, max(1.0, p * covered[-1]))) + 1
-                         for p in probes])
-    widest = int(probed.max())
-    position = np.full(best.size, widest, dtype=np.int64)  # each list's place in the ranking
-    position[best[:widest]] = np.arange(widest)
-    chosen = np.sort(best[:widest])
-    scores, places, slots = [], [], []
-    for i, seg in enumerate(live):
-        lists = chosen[(chosen >= first[i]) & (chosen < first[i + 1])] - first[i]
-        if lists.size:
-            part, to_slots = seg._scan(ranked[i][0], ranked[i][1], lists)
-            scores.append(part)
-            places.append(np.repeat(position[lists + first[i]], np.diff(seg._bounds)[lists]))
-            slots.append(to_slots(np.arange(part.size)))
-    score, place = np.concatenate(scores), np.concatenate(places)
-    need = np.asarray(counts)
-    for row in np.flatnonzero(np.isin(np.concatenate(slots), truth)).tolist():
-        # Rows scoring above this one, by the ranking place of their list: those in a probe's prefix.
-        above = np.cumsum(np.bincount(place[score > score[row]], minlength=widest))
-        rank = above[probed - 1]
-        out += (place[row] < probed)[:, None] & (rank[:, None] < need[None, :])
-    return out
-
-
-def _leading(rank: np.ndarray, sizes: np.ndarray, probe: float) -> np.ndarray:
-    """The best-ranked lists (sorted by id) holding ``probe`` of the rows: the fewest in rank
-    order whose sizes reach it. Sorts only a generous top part of the ranks when it suffices."""
-    goal = max(1.0, probe * float(sizes.sum()))
-    guess = min(rank.size, 2 * math.ceil(probe * rank.size) + 16)
-    top = np.argpartition(-rank, guess - 1)[:guess] if guess < rank.size else np.arange(rank.size)
-    top = top[np.argsort(-rank[top], kind="stable")]
-    covered = np.cumsum(sizes[top])
-    if covered[-1] < goal and guess < rank.size:  # big lists ranked first: rank them all
-        top = np.argsort(-rank, kind="stable")
-        covered = np.cumsum(sizes[top])
-    return np.sort(top[: int(np.searchsorted(covered, goal)) + 1])
-
-
-def _best(scores: np.ndarray, count: int) -> np.ndarray:
-    """Positions of the ``count`` highest ``scores`` (fewer if there are fewer), in no order."""
-    total = scores.shape[0]
-    if total <= count:
-        return np.arange(total)
-    if total >= 4 * _SELECT_STEP * count:
-        # Threshold at the matching rank of a strided sample, a little generous, then trim.
-        sample = scores[::_SELECT_STEP]
-        rank = min(sample.size, math.ceil(1.25 * count / _SELECT_STEP))
-        threshold = np.partition(sample, sample.size - rank)[sample.size - rank]
-        picked = np.flatnonzero(scores >= threshold)
-        if picked.size >= count:
-            return picked[np.argpartition(scores[picked], picked.size - count)[picked.size - count :]]
-    return np.argpartition(scores, total - count)[total - count :]
 
 
 def _nearby_order(points: np.ndarray, ids: np.ndarray) -> np.ndarray:

@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from node.vector_ivf import IvfProbe, IvfSegment, ivf_candidates
+from node.vector_ivf import IvfSegment
+from node.vector_probe import IvfProbe, ivf_candidates
 from node.vector_segment import SegmentLike
 from node.vector_select import Accept, select_hits
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bench.datasets import clustered
-from node.vector_ivf import IvfProbe, IvfSegment, _best, _leading, ivf_candidates, ivf_hits
+from node.vector_ivf import IvfSegment
+from node.vector_probe import IvfProbe, _best, _leading, ivf_candidates, ivf_hits
 from node.vector_segment import SegmentSpec
 
 DIM = 32
