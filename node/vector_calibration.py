@@ -192,6 +192,23 @@ def _surface(ivf: Sequence[IvfSegment], vectors: np.ndarray, sample: Sample, sea
     return Surface(mean, mean - np.maximum(2 * error, _MARGIN_MIN))
 
 
+def _timed_recall(chosen: Sequence[tuple[int, np.ndarray]], scored: Callable[[int], tuple[np.ndarray, np.ndarray]]
+                  ) -> tuple[float, float]:
+    """(seconds per query, recall@K) answering each sample query (a stored row's slot, with its
+    true top K) from ``scored(slot)``: candidate slots and their exact scores, the slot itself
+    excluded here."""
+    started = time.perf_counter()
+    found = 0
+    for slot, truth in chosen:
+        slots, scores = scored(slot)
+        keep = slots != slot
+        slots, scores = slots[keep], scores[keep]
+        top = slots[np.argpartition(-scores, K)[:K]] if slots.size > K else slots
+        found += int(np.count_nonzero(np.isin(top, truth)))
+        time.sleep(0)  # a calibration must not starve the event loop
+    return (time.perf_counter() - started) / len(chosen), found / (K * len(chosen))
+
+
 @dataclass(frozen=True, slots=True)
 class Choice:
     """What calibration chose. ``budget`` None: fixed probing costs too much, search exactly.
@@ -229,17 +246,12 @@ def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments
             surface = Surface(np.vstack((surface.mean, wide.mean)), np.vstack((surface.lower, wide.lower)))
 
     def run(chosen: list[tuple[int, np.ndarray]], budget: float, probe: float) -> tuple[float, float]:
-        started = time.perf_counter()
-        found = 0
-        for slot, truth in chosen:
-            q = vectors[slot]
-            cands = candidates(q, budget, probe)
-            cands = cands[alive[cands] & (cands != slot)]
-            scores = vectors[cands] @ q
-            top = cands[np.argpartition(-scores, K)[:K]] if cands.size > K else cands
-            found += int(np.count_nonzero(np.isin(top, truth)))
-            time.sleep(0)
-        return (time.perf_counter() - started) / len(chosen), found / (K * len(chosen))
+        def scored(slot: int) -> tuple[np.ndarray, np.ndarray]:
+            cands = candidates(vectors[slot], budget, probe)
+            cands = cands[alive[cands]]
+            return cands, vectors[cands] @ vectors[slot]
+
+        return _timed_recall(chosen, scored)
 
     asked = list(zip(sample.slots.tolist(), sample.truth, strict=True))
     if surface is not None:  # time alone, on a few queries
@@ -253,19 +265,10 @@ def calibrate(vectors: np.ndarray, alive: np.ndarray, sealed_upto: int, segments
                "ann_ms": round(best[0] * 1e3, 3) if best else 0.0, "exact_ms": round(sample.exact_s * 1e3, 3)}
     chosen_bound = None
     if bounded is not None and ivf and len(ivf) == len(segments):
-        search = bounded
+        search = bounded  # (narrowed for the closure)
 
         def run_bounded(chosen: list[tuple[int, np.ndarray]], budget: float, margin: float) -> tuple[float, float]:
-            started = time.perf_counter()
-            found = 0
-            for slot, truth in chosen:
-                slots, scores = search(vectors[slot], budget, margin)
-                keep = slots != slot
-                slots, scores = slots[keep], scores[keep]
-                top = slots[np.argpartition(-scores, K)[:K]] if slots.size > K else slots
-                found += int(np.count_nonzero(np.isin(top, truth)))
-                time.sleep(0)
-            return (time.perf_counter() - started) / len(chosen), found / (K * len(chosen))
+            return _timed_recall(chosen, lambda slot: search(vectors[slot], budget, margin))
 
         # Each point runs the searches (no one-scan surface): the walk uses half the queries,
         # then the choice is checked on all of them, widening its margin if it falls short.

@@ -8,7 +8,7 @@ the recall surface calibration reads (``ivf_hits``); it must not build, save or 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -64,19 +64,26 @@ class IvfProbe:
         if not lists.size or count <= 0:
             return np.empty(0, dtype=np.int64)
         self._scanned[lists] = True
-        scores, maps = [], []
-        for i, seg in enumerate(self._live):
-            own = lists[(lists >= self._first[i]) & (lists < self._first[i + 1])] - self._first[i]
-            if own.size:
-                part, to_slots = seg._scan(self._ranked[i][0], self._ranked[i][1], own)
-                scores.append(part)
-                maps.append(to_slots)
+        scans = self._scans(lists)
+        scores = [part for _, part, _ in scans]
+        maps = [to_slots for _, _, to_slots in scans]
         if len(scores) == 1:
             return maps[0](_best(scores[0], count))
         offsets = np.cumsum([0] + [part.size for part in scores])
         picked = np.sort(_best(np.concatenate(scores), count))
         cuts = np.searchsorted(picked, offsets)
         return np.concatenate([to_slots(picked[cuts[i] : cuts[i + 1]] - offsets[i]) for i, to_slots in enumerate(maps)])
+
+    def _scans(self, lists: np.ndarray) -> list[tuple[np.ndarray, np.ndarray, Callable[[np.ndarray], np.ndarray]]]:
+        """Per segment holding some of ``lists`` (sorted ids): (global ids of its lists, their rows'
+        approximate scores, the map from positions in those to slots), in segment order."""
+        out = []
+        for i, seg in enumerate(self._live):
+            mine = lists[(lists >= self._first[i]) & (lists < self._first[i + 1])]
+            if mine.size:
+                part, to_slots = seg._scan(self._ranked[i][0], self._ranked[i][1], mine - self._first[i])
+                out.append((mine, part, to_slots))
+        return out
 
 
 def ivf_hits(segments: Sequence[IvfSegment], query: np.ndarray, truth: np.ndarray, probes: Sequence[float],
@@ -88,29 +95,21 @@ def ivf_hits(segments: Sequence[IvfSegment], query: np.ndarray, truth: np.ndarra
     in the prefix and fewer than ``count`` rows of the prefix score above it: so scanning the
     widest prefix once, noting each row's list position in the ranking, answers every cell
     (calibration's recall surface)."""
-    live = [seg for seg in segments if seg.items]
+    probing = IvfProbe(segments, query)
     out = np.zeros((len(probes), len(counts)), dtype=np.int64)
-    if not live:
+    if not probing.rank.size:
         return out
-    ranked = [seg._rank(query) for seg in live]
-    first = np.cumsum([0] + [seg.lists for seg in live])
-    sizes = np.concatenate([np.diff(seg._bounds) for seg in live])
-    best = np.argsort(-np.concatenate([r[2] for r in ranked]), kind="stable")
-    covered = np.cumsum(sizes[best])
+    best = np.argsort(-probing.rank, kind="stable")
+    covered = np.cumsum(probing._sizes[best])
     probed = np.asarray([best.size if p >= 1.0 else int(np.searchsorted(covered, max(1.0, p * covered[-1]))) + 1
                          for p in probes])
     widest = int(probed.max())
     position = np.full(best.size, widest, dtype=np.int64)  # each list's place in the ranking
     position[best[:widest]] = np.arange(widest)
-    chosen = np.sort(best[:widest])
-    scores, places, slots = [], [], []
-    for i, seg in enumerate(live):
-        lists = chosen[(chosen >= first[i]) & (chosen < first[i + 1])] - first[i]
-        if lists.size:
-            part, to_slots = seg._scan(ranked[i][0], ranked[i][1], lists)
-            scores.append(part)
-            places.append(np.repeat(position[lists + first[i]], np.diff(seg._bounds)[lists]))
-            slots.append(to_slots(np.arange(part.size)))
+    scans = probing._scans(np.sort(best[:widest]))
+    scores = [part for _, part, _ in scans]
+    places = [np.repeat(position[mine], probing._sizes[mine]) for mine, _, _ in scans]
+    slots = [to_slots(np.arange(part.size)) for _, part, to_slots in scans]
     score, place = np.concatenate(scores), np.concatenate(places)
     need = np.asarray(counts)
     for row in np.flatnonzero(np.isin(np.concatenate(slots), truth)).tolist():
